@@ -1,0 +1,94 @@
+"""lmforge: from raw text to a trained, evaluated and deployable language model.
+
+The Python API mirrors the CLI one to one:
+
+    lmforge.train_tokenizer(data, kind="bpe", vocab_size=8000, out="tok.json")   # lmforge tokenizer train
+    lmforge.prepare(data, "tok.json", "shards/")                                 # lmforge prepare
+    lmforge.pretrain("configs/gpt-tiny.yaml", data="shards/", out="runs/gpt")    # lmforge pretrain
+    lm = lmforge.load("runs/gpt")                                                # lm.model, lm.tokenizer, lm.config
+    lmforge.evaluate("runs/gpt", "held_out.txt")                                 # lmforge eval
+    lmforge.generate("runs/gpt", "The meaning of", max_new_tokens=50)            # lmforge generate
+    lmforge.export_hf("runs/gpt", "out/hf_gpt"); lmforge.import_hf("hf_dir", "runs/imported")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LmforgeError",
+    "__version__",
+    "evaluate",
+    "export_hf",
+    "generate",
+    "import_hf",
+    "load",
+    "prepare",
+    "pretrain",
+    "train_tokenizer",
+]
+
+from lmforge.errors import LmforgeError
+
+
+def load(run_dir: str | Path, **kwargs: Any):
+    """A trained run: `.model` (ids (B, T) -> logits (B, T, V)), `.tokenizer`, `.config`."""
+    from lmforge.run import load as _load
+
+    return _load(run_dir, **kwargs)
+
+
+def train_tokenizer(data: Any, **kwargs: Any):
+    from lmforge.tokenizer import train_tokenizer as _train
+
+    return _train(data, **kwargs)
+
+
+def prepare(data: Any, tokenizer: Any, out: str | Path, **kwargs: Any) -> dict:
+    from lmforge.data.shards import prepare as _prepare
+
+    return _prepare(data, tokenizer, out, **kwargs)
+
+
+def pretrain(config: Any = None, **kwargs: Any):
+    from lmforge.pretrain import pretrain as _pretrain
+
+    return _pretrain(config, **kwargs)
+
+
+def evaluate(run: Any, data: Any, **kwargs: Any):
+    """Loss, perplexity and bits per byte of a run (path or loaded) on held-out text."""
+    from lmforge.eval.perplexity import evaluate_lm
+
+    lm = load(run) if isinstance(run, (str, Path)) else run
+    return evaluate_lm(lm, data, **kwargs)
+
+
+def generate(run: Any, prompt: str, **options: Any) -> str:
+    """Completion of `prompt` by a run (path or loaded); options as GenerationConfig fields."""
+    lm = load(run) if isinstance(run, (str, Path)) else run
+    return lm.generate(prompt, **options)
+
+
+def export_hf(run: Any, out: str | Path) -> Path:
+    from lmforge.interop.hf import export_hf as _export
+
+    lm = load(run) if isinstance(run, (str, Path)) else run
+    return _export(lm.model, lm.tokenizer, out)
+
+
+def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
+    from lmforge.interop.hf import import_hf as _import
+    from lmforge.run import write_run
+
+    model, tokenizer = _import(hf_dir)
+    return write_run(
+        run_dir,
+        model=model,
+        model_config=model.config,
+        tokenizer=tokenizer,
+        config={"imported_from": str(hf_dir)},
+    )

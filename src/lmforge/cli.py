@@ -1,0 +1,364 @@
+"""`lmforge <command>`: each command is a thin call into the Python API.
+
+Flags are generated from the config dataclasses (`--train.max_steps`, `--model.n_layer`, ...), so
+the CLI, YAML files and the API share one set of names and one set of checks. Every command that
+reports numbers takes `--json` and then prints them as one JSON object on the last line of stdout.
+User errors print one line (`lmforge: error: ...`) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import add_dataclass_flags, namespace_overrides, unknown_option_error
+from lmforge.errors import LmforgeError
+
+EPILOG = """examples:
+  lmforge pretrain --out runs/demo --config configs/gpt-tiny.yaml     # built-in corpus, CPU, minutes
+  lmforge tokenizer train --data corpus/ --kind bpe --vocab_size 8000 --out tok.json
+  lmforge prepare --data corpus/ --tokenizer tok.json --out shards/
+  lmforge pretrain --data shards/ --out runs/gpt --config configs/gpt-tiny.yaml --train.max_steps 2000
+  lmforge pretrain --out runs/gpt --resume
+  lmforge eval runs/gpt --data held_out.txt
+  lmforge generate runs/gpt --prompt "The meaning of" --max_new_tokens 100 --temperature 0.8 --top_p 0.95
+  lmforge export hf runs/gpt out/hf_gpt
+  lmforge import hf some/hf_gpt2_dir runs/imported
+"""
+
+
+def _emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> None:
+    if human:
+        print(human, flush=True)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, default=str), flush=True)
+
+
+def _fmt(d: dict[str, Any]) -> str:
+    def show(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    width = max(len(k) for k in d)
+    return "\n".join(f"  {k:<{width}}  {show(v)}" for k, v in d.items())
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_tokenizer_train(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(
+        ns.data, kind=ns.kind, vocab_size=ns.vocab_size, out=ns.out, min_frequency=ns.min_frequency,
+        lowercase=ns.lowercase, txt_unit=ns.txt_unit, text_field=ns.text_field,
+    )  # fmt: skip
+    result = {
+        "out": ns.out,
+        "kind": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "special_tokens": tok.special_tokens,
+    }
+    _emit(result, ns.json, f"saved {tok.kind} tokenizer with {tok.vocab_size} tokens to {ns.out}")
+
+
+def cmd_prepare(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.config import from_dict
+    from lmforge.data.shards import prepare
+    from lmforge.pretrain import PrepConfig
+
+    prep = from_dict(PrepConfig, namespace_overrides(ns, PrepConfig))
+    manifest = prepare(
+        ns.data, ns.tokenizer, ns.out, clean=prep.clean, val_fraction=prep.val_fraction,
+        text_field=prep.text_field, txt_unit=prep.txt_unit, encoding=prep.encoding, show_progress=True,
+    )  # fmt: skip
+    splits = manifest["splits"]
+    result = {
+        "out": ns.out,
+        "train_tokens": splits["train"]["tokens"],
+        "val_tokens": splits["val"]["tokens"],
+        "train_documents": splits["train"]["documents"],
+        "val_documents": splits["val"]["documents"],
+        "split_by": manifest["split_by"],
+        "cleaning": manifest.get("cleaning", {}),
+    }
+    human = f"wrote shards to {ns.out}\n" + _fmt(
+        {k: v for k, v in result.items() if k not in ("cleaning", "out")}
+    )
+    _emit(result, ns.json, human)
+
+
+def cmd_pretrain(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.pretrain import PretrainConfig, pretrain
+
+    overrides = namespace_overrides(ns, PretrainConfig)
+    result = pretrain(ns.config, resume=ns.resume, sample_prompt=None if ns.json else ns.sample, **overrides)
+    d = result.to_dict()
+    human = "training finished\n" + _fmt({k: v for k, v in d.items() if v is not None})
+    if result.val_ppl is not None:
+        human += f"\nvalidation perplexity: {result.val_ppl:.2f}"
+    _emit(d, ns.json, human)
+
+
+def cmd_eval(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.eval.perplexity import evaluate_lm
+    from lmforge.run import load
+    from lmforge.train.parallel import resolve_device
+
+    lm = load(ns.run, device=resolve_device(ns.device))
+    res = evaluate_lm(
+        lm,
+        ns.data,
+        batch_size=ns.batch_size,
+        stride=ns.stride,
+        txt_unit=ns.txt_unit,
+        text_field=ns.text_field,
+    )
+    _emit(res.to_dict(), ns.json, f"{ns.run} on {ns.data}\n" + _fmt(res.to_dict()))
+
+
+def cmd_generate(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.config import from_dict
+    from lmforge.infer.generate import GenerationConfig, generate_text
+    from lmforge.run import load
+    from lmforge.train.parallel import resolve_device
+
+    gen = from_dict(GenerationConfig, namespace_overrides(ns, GenerationConfig))
+    lm = load(ns.run, device=resolve_device(ns.device))
+    stream = (not ns.json and sys.stdout.isatty()) or ns.stream
+    pieces = []
+    if not ns.json:
+        print(ns.prompt, end="", flush=True)
+    for piece in generate_text(lm.model, lm.tokenizer, ns.prompt, gen):
+        pieces.append(piece)
+        if stream:
+            print(piece, end="", flush=True)
+    text = "".join(pieces)
+    if not ns.json:
+        print("" if stream else text, flush=True)
+    _emit({"prompt": ns.prompt, "completion": text}, ns.json)
+
+
+def cmd_export_hf(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.interop.hf import export_hf
+    from lmforge.run import load
+
+    lm = load(ns.run)
+    out = export_hf(lm.model, lm.tokenizer, ns.out)
+    _emit(
+        {"out": str(out)},
+        ns.json,
+        f"exported {ns.run} to {out} (load it with transformers' AutoModelForCausalLM)",
+    )
+
+
+def cmd_import_hf(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.interop.hf import import_hf
+    from lmforge.run import write_run
+
+    model, tokenizer = import_hf(ns.hf_dir)
+    write_run(
+        ns.run,
+        model=model,
+        model_config=model.config,
+        tokenizer=tokenizer,
+        config={"imported_from": str(ns.hf_dir)},
+    )
+    n = model.num_params()
+    _emit(
+        {"run": ns.run, "parameters": n},
+        ns.json,
+        f"imported {ns.hf_dir} ({n / 1e6:.2f}M parameters) into {ns.run}",
+    )
+
+
+def cmd_info(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.config import to_dict
+    from lmforge.run import load
+
+    lm = load(ns.run)
+    m = lm.model
+    result = {
+        "run": ns.run,
+        "parameters": m.num_params(),
+        "non_embedding_parameters": m.num_params(non_embedding=True),
+        "flops_per_token": m.flops_per_token(lm.model_config.max_len),
+        "tokenizer_vocab": lm.tokenizer.vocab_size,
+        "model": to_dict(lm.model_config),
+    }
+    summary = Path(ns.run) / "summary.json"
+    if summary.is_file():
+        result["summary"] = json.loads(summary.read_text())
+    human = _fmt({k: v for k, v in result.items() if k not in ("model", "summary")})
+    _emit(result, ns.json, human)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help="print the results as one JSON object on the last line"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmforge.infer.generate import GenerationConfig
+    from lmforge.pretrain import PrepConfig, PretrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="From raw text to a trained, evaluated and deployable language model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"lmforge {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    def new(name: str, help: str, sub=sub) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, allow_abbrev=False)
+
+    tok = new("tokenizer", "train tokenizers")
+    tok_sub = tok.add_subparsers(dest="tok_command", metavar="<action>", required=True)
+    p = tok_sub.add_parser("train", help="train a tokenizer on a corpus", allow_abbrev=False)
+    p.add_argument(
+        "--data", required=True, help="files, directories, globs of .txt/.jsonl/.parquet, or hf:NAME"
+    )
+    p.add_argument(
+        "--kind",
+        default="bpe",
+        choices=["bpe", "wordpiece", "unigram", "char"],
+        help="tokenizer model (default: bpe)",
+    )
+    p.add_argument(
+        "--vocab_size", type=int, default=8000, help="vocabulary size incl. special tokens (default: 8000)"
+    )
+    p.add_argument(
+        "--min_frequency", type=int, default=2, help="ignore merges/pieces seen fewer times (default: 2)"
+    )
+    p.add_argument("--lowercase", action="store_true", help="lowercase text before tokenizing")
+    p.add_argument(
+        "--txt_unit",
+        default="file",
+        choices=["file", "paragraph", "line"],
+        help="document unit of .txt files",
+    )
+    p.add_argument("--text_field", default="text", help="text field of .jsonl/.parquet (default: text)")
+    p.add_argument("--out", required=True, help="where to write tokenizer.json")
+    _json_flag(p)
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    p = new("prepare", "clean, deduplicate, tokenize and pack a corpus into token shards")
+    p.add_argument(
+        "--data", required=True, help="files, directories, globs of .txt/.jsonl/.parquet, or hf:NAME"
+    )
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json to encode with")
+    p.add_argument("--out", required=True, help="output shard directory")
+    add_dataclass_flags(p, PrepConfig)
+    _json_flag(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = new("pretrain", "pretrain a language model (no --data: the built-in corpus)")
+    p.add_argument("--config", help="YAML file with model/train/tokenizer/prep sections; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument(
+        "--sample", default="The", help="prompt for the sample printed at the end (default: 'The')"
+    )
+    add_dataclass_flags(p, PretrainConfig)
+    _json_flag(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = new("eval", "loss, perplexity and bits per byte of a run on held-out text")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", required=True, help="held-out text: files, directories, globs, .jsonl")
+    p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument(
+        "--stride", type=int, default=None, help="sliding-window stride (default: the model's context)"
+    )
+    p.add_argument(
+        "--txt_unit",
+        default="file",
+        choices=["file", "paragraph", "line"],
+        help="document unit of .txt files",
+    )
+    p.add_argument("--text_field", default="text", help="text field of .jsonl/.parquet")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _json_flag(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = new("generate", "continue a prompt with a trained run (streams to the terminal)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--stream", action="store_true", help="stream even when stdout is not a terminal")
+    add_dataclass_flags(p, GenerationConfig)
+    _json_flag(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = new("info", "parameters, FLOPs and config of a run")
+    p.add_argument("run", help="run directory")
+    _json_flag(p)
+    p.set_defaults(func=cmd_info)
+
+    exp = new("export", "export a run to another framework")
+    exp_sub = exp.add_subparsers(dest="fmt", metavar="<format>", required=True)
+    p = exp_sub.add_parser(
+        "hf", help="Hugging Face transformers checkpoint (AutoModelForCausalLM)", allow_abbrev=False
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("out", help="output directory")
+    _json_flag(p)
+    p.set_defaults(func=cmd_export_hf)
+
+    imp = new("import", "import a checkpoint from another framework as a run directory")
+    imp_sub = imp.add_subparsers(dest="fmt", metavar="<format>", required=True)
+    p = imp_sub.add_parser(
+        "hf", help="Hugging Face transformers causal-LM directory (GPT-2, Llama)", allow_abbrev=False
+    )
+    p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer files")
+    p.add_argument("run", help="run directory to create")
+    _json_flag(p)
+    p.set_defaults(func=cmd_import_hf)
+    return parser
+
+
+def _version() -> str:
+    from lmforge import __version__
+
+    return __version__
+
+
+def _leaf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser that will receive the options, for did-you-mean suggestions."""
+    node = parser
+    for arg in argv:
+        subs = [a for a in node._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or arg.startswith("-"):
+            break
+        if arg in subs[0].choices:
+            node = subs[0].choices[arg]
+    return node
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        ns, rest = parser.parse_known_args(argv)
+        if rest:
+            raise unknown_option_error(_leaf_parser(parser, argv), rest)
+        ns.func(ns, rest)
+        return 0
+    except LmforgeError as e:
+        print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

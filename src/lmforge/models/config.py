@@ -1,0 +1,75 @@
+"""ModelConfig: one Transformer, many architectures.
+
+GPT-2, Llama-style and BERT-style models are the same blocks switched by these fields; a new
+architecture is a new config, not a new file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _h(text: str):
+    return field(default=None, metadata={"help": text})
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["decoder", "encoder", "encoder-decoder"] = "decoder"  # decoder = GPT (causal LM)
+    # Vocabulary size; 0 means "take it from the tokenizer" (padded up to a multiple of 64 for speed).
+    vocab_size: int = 0
+    n_layer: int = 6  # Transformer blocks
+    n_head: int = 6  # attention heads (d_model must divide evenly)
+    # Key/value heads for grouped-query attention; None means n_head (plain multi-head attention).
+    n_kv_head: int | None = None
+    d_model: int = 384  # width of the residual stream
+    # Hidden size of the MLP; None means 4*d_model (or ~8/3*d_model rounded to 64 for SwiGLU).
+    d_ff: int | None = None
+    # Longest sequence the model accepts (size of the learned position table / RoPE cache).
+    max_len: int = 256
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # rmsnorm: Llama; cheaper, no mean subtraction
+    # "pre": GPT-2/Llama (norm before each sublayer, final norm); "post": original Transformer/BERT.
+    norm_position: Literal["pre", "post"] = "pre"
+    norm_eps: float = 1e-5  # added to the variance inside the norm for numerical safety
+    position: Literal["learned", "sinusoidal", "rope"] = "learned"  # rope: rotary (Llama), extends best
+    rope_theta: float = 10000.0  # RoPE base frequency
+    # gelu: exact erf GELU; gelu_tanh: GPT-2's approximation; swiglu: gated (Llama).
+    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu"] = "gelu_tanh"
+    # Biases in linear layers and norms (GPT-2: true; Llama: false).
+    bias: bool = True
+    # Share the input embedding with the output projection (saves vocab*d_model parameters).
+    tie_embeddings: bool = True
+    dropout: float = 0.0  # 0 for pretraining on plenty of data; 0.1-0.2 on small corpora
+    # Std of the normal init; residual projections are further scaled by 1/sqrt(2*n_layer) (GPT-2).
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        kv = self.kv_heads
+        if self.n_head % kv:
+            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={kv}")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head_dim, got {self.head_dim}")
+        for name in ("n_layer", "n_head", "d_model", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.activation == "swiglu":
+            return 64 * ((int(8 * self.d_model / 3) + 63) // 64)
+        return 4 * self.d_model

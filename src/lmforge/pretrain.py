@@ -1,0 +1,242 @@
+"""`lmforge pretrain`: raw text (or prepared shards) in, a trained run directory out.
+
+The stages are the library's own pieces called in order: read + clean + tokenizer training +
+sharding (only when `data` is raw text), model construction, the Trainer, and a final report.
+With no data at all, the built-in corpus (docstrings of Python's standard library) is used, so
+a first run needs no download.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lmforge.data.clean import CleanConfig
+
+from lmforge.config import deep_merge, from_dict, load_yaml, to_dict
+from lmforge.errors import LmforgeError
+from lmforge.models.config import ModelConfig
+from lmforge.tokenizer import TokenizerConfig
+from lmforge.train.config import TrainConfig
+from lmforge.train.trainer import TrainResult
+
+
+@dataclass
+class PrepConfig:
+    val_fraction: float = (
+        0.005  # share of documents (or of the tail, for one long text) held out for validation
+    )
+    txt_unit: Literal["file", "paragraph", "line"] = "file"  # what one document is in a .txt file
+    text_field: str = "text"  # the field holding the text in .jsonl / .parquet
+    encoding: str = "utf-8"  # encoding of text files (e.g. gbk, utf-16)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+
+
+@dataclass
+class PretrainConfig:
+    data: str | None = (
+        None  # shards from `lmforge prepare`, or raw text (file/dir/glob/hf:NAME); none = built-in corpus
+    )
+    out: str = "runs/gpt"  # the run directory to create (or resume)
+    tokenizer_file: str | None = (
+        None  # an existing tokenizer.json for raw data; none = train one (tokenizer.*)
+    )
+    objective: Literal["clm"] = "clm"  # causal language modelling
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prep: PrepConfig = field(default_factory=PrepConfig)
+
+
+def build_config(
+    config: str | Path | dict[str, Any] | PretrainConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume_from: Path | None = None,
+) -> PretrainConfig:
+    """defaults < saved run config (on resume) < YAML/dict `config` < `overrides`."""
+    data: dict[str, Any] = {}
+    if resume_from is not None:
+        saved = resume_from / "config.yaml"
+        if not saved.is_file():
+            raise LmforgeError(
+                f"{resume_from}: nothing to resume (no config.yaml); drop --resume to start a new run"
+            )
+        data = load_yaml(saved)
+    if isinstance(config, PretrainConfig):
+        data = deep_merge(data, to_dict(config))
+    elif isinstance(config, dict):
+        data = deep_merge(data, config)
+    elif config is not None:
+        data = deep_merge(data, load_yaml(config))
+    data = deep_merge(data, overrides or {})
+    return from_dict(PretrainConfig, data)
+
+
+def _round_up(n: int, multiple: int = 64) -> int:
+    return multiple * math.ceil(n / multiple)
+
+
+def _prepare_data(cfg: PretrainConfig, run_dir: Path, is_main: bool, barrier) -> Path:
+    """Shard directory for the run: given, reused from an earlier start, or built now."""
+    from lmforge.data.shards import is_shard_dir, prepare
+
+    from lmforge.tokenizer import Tokenizer, train_tokenizer
+
+    if cfg.data and is_shard_dir(cfg.data):
+        return Path(cfg.data)
+    shards = run_dir / "data"
+    if is_shard_dir(shards):
+        return shards
+    if cfg.data:
+        source: Any = cfg.data
+    else:
+        from lmforge.data.builtin import builtin_corpus_path
+
+        source = str(builtin_corpus_path()) if is_main else None
+    if is_main:
+        prep = cfg.prep
+        common = {"text_field": prep.text_field, "txt_unit": prep.txt_unit}
+        if cfg.tokenizer_file:
+            tok = Tokenizer.load(cfg.tokenizer_file)
+        else:
+            t = cfg.tokenizer
+            print(f"training a {t.kind} tokenizer (vocab {t.vocab_size}) on {source}", flush=True)
+            tok = train_tokenizer(
+                source, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
+                lowercase=t.lowercase, clean=prep.clean, **common,
+            )  # fmt: skip
+        prepare(
+            source,
+            tok,
+            shards,
+            clean=prep.clean,
+            val_fraction=prep.val_fraction,
+            encoding=prep.encoding,
+            **common,
+        )
+    barrier()
+    return shards
+
+
+def pretrain(
+    config: str | Path | dict[str, Any] | PretrainConfig | None = None,
+    *,
+    resume: bool = False,
+    sample_prompt: str | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a language model; the Python twin of `lmforge pretrain`.
+
+    `config` is a YAML path, a dict or a PretrainConfig; keyword overrides may be nested dicts
+    (`train={"max_steps": 100}`) or dotted keys (`**{"train.max_steps": 100}`).
+    """
+    from lmforge.config import set_dotted
+
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            set_dotted(nested, key, value)
+        elif isinstance(value, dict):
+            nested[key] = deep_merge(nested.get(key, {}), value)
+        else:
+            nested[key] = value
+    out = Path(nested.get("out") or (config.out if isinstance(config, PretrainConfig) else "") or "")
+    if resume and not str(out):
+        data = load_yaml(config) if isinstance(config, (str, Path)) else (config or {})
+        out = Path(data.get("out", "runs/gpt")) if isinstance(data, dict) else Path("runs/gpt")
+    cfg = build_config(config, nested, resume_from=out if resume else None)
+    return run_pretraining(cfg, resume=resume, sample_prompt=sample_prompt)
+
+
+def run_pretraining(
+    cfg: PretrainConfig, *, resume: bool = False, sample_prompt: str | None = None
+) -> TrainResult:
+    import yaml
+    from lmforge.data.shards import Shards
+
+    from lmforge.data.batches import CausalLMBatches
+    from lmforge.models import build_model
+    from lmforge.run import check_vocab, model_config_of
+    from lmforge.train.parallel import setup_distributed, teardown_distributed
+    from lmforge.train.trainer import Trainer
+    from lmforge.utils.io import atomic_write_text
+
+    tcfg = cfg.train
+    if tcfg.threads > 0:
+        torch.set_num_threads(tcfg.threads)
+    info, device = setup_distributed(tcfg.device)
+    run_dir = Path(cfg.out)
+    try:
+        if resume and not (run_dir / "train_state").is_dir():
+            raise LmforgeError(f"{run_dir}: no train_state/ to resume from; drop --resume to start a new run")
+        if not resume and (run_dir / "train_state").is_dir():
+            raise LmforgeError(
+                f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
+            )
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        info.barrier()
+
+        shards = Shards.open(_prepare_data(cfg, run_dir, info.is_main, info.barrier))
+        tokenizer = shards.tokenizer()
+        if cfg.model.vocab_size == 0:
+            cfg.model = from_dict(
+                ModelConfig, {**to_dict(cfg.model), "vocab_size": _round_up(tokenizer.vocab_size)}
+            )
+        check_vocab(cfg.model, tokenizer, f"--model.vocab_size={cfg.model.vocab_size}")
+        if resume:
+            saved_model, _ = model_config_of(run_dir)
+            if to_dict(saved_model) != to_dict(cfg.model):
+                changed = [k for k, v in to_dict(cfg.model).items() if to_dict(saved_model)[k] != v]
+                raise LmforgeError(
+                    f"--model.{changed[0]} differs from the run being resumed ({run_dir}/config.yaml); "
+                    "a run's model cannot change on resume: start a new --out instead"
+                )
+        if info.is_main:
+            saved = to_dict(cfg)
+            saved["shards"] = str(shards.path)
+            atomic_write_text(
+                run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False, allow_unicode=True)
+            )
+            tokenizer.save(run_dir / "tokenizer.json")
+
+        seq_len = tcfg.seq_len or cfg.model.max_len
+        if seq_len > cfg.model.max_len:
+            raise LmforgeError(
+                f"train.seq_len={seq_len} exceeds model.max_len={cfg.model.max_len}; lower one or raise the other"
+            )
+        torch.manual_seed(tcfg.seed)  # identical initial weights on every rank and every run
+        model = build_model(cfg.model)
+        torch.manual_seed(tcfg.seed + info.rank)  # dropout differs across ranks
+        batches = CausalLMBatches(
+            shards.tokens("train"), seq_len, tcfg.batch_size, seed=tcfg.seed,
+            rank=info.rank, world_size=info.world_size, device=device,
+        )  # fmt: skip
+        val = shards.tokens("val")
+        trainer = Trainer(
+            model, batches, tcfg, run_dir, val_tokens=val if len(val) > 1 else None, device=device, dist=info,
+            flops_per_token=model.flops_per_token(seq_len),
+        )  # fmt: skip
+        if info.is_main:
+            n = model.num_params()
+            print(
+                f"model: {n / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), "
+                f"{model.flops_per_token(seq_len) / 1e6:.1f} MFLOPs/token; data: {len(shards.tokens('train')):,} train / "
+                f"{len(val):,} val tokens; device {device}, precision {trainer.precision}",
+                flush=True,
+            )
+        result = trainer.fit(resume=resume)
+        if info.is_main and sample_prompt is not None:
+            from lmforge.infer.generate import GenerationConfig, generate
+
+            model.eval()
+            gen = GenerationConfig(max_new_tokens=60, temperature=0.8, top_p=0.95, seed=tcfg.seed)
+            result_sample = generate(model, tokenizer, sample_prompt, gen)
+            print(f"\nsample> {sample_prompt}{result_sample}\n", flush=True)
+        return result
+    finally:
+        teardown_distributed()

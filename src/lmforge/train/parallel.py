@@ -1,0 +1,97 @@
+"""Distribution and compilation, applied to a built model from outside (as torchtitan does).
+
+Models know nothing of parallelism. Under `torchrun`, `setup_distributed` joins the process
+group (NCCL on GPUs, Gloo on CPU) and `parallelize` wraps the model: DDP first, then
+torch.compile over the wrapped module (PyTorch's recommended order, so DDP's bucketing is
+compiled in). FSDP2 and tensor parallelism plug in here, in that fixed order, when added.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise LmforgeError(
+            f"train.device '{spec}' is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LmforgeError(
+                f"train.device '{spec}' asked for CUDA but none is available; use --train.device cpu"
+            )
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def setup_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun; a no-op for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), resolve_device(device_spec)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, local_rank, world), device
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def parallelize(model: nn.Module, info: DistInfo, device: torch.device, *, compile: bool) -> nn.Module:
+    """The module the training step calls: DDP-wrapped and/or compiled views of `model`."""
+    wrapped: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

@@ -1,0 +1,379 @@
+"""The training loop: one explicit loop for every objective, readable top to bottom.
+
+    for each step:  set LR -> micro-batches (forward, backward; grads summed) -> clip -> step
+                    -> every log_every: one host sync, a metrics row, progress
+                    -> every eval_every: validation, best weights, early stopping
+                    -> every save_every: a checkpoint that resumes bit for bit
+
+No callbacks. Non-finite steps are detected on the device and skipped inside the fused optimizer
+(no per-step host sync); the count is checked at log time and the run stops after
+`max_nan_steps` consecutive bad steps, with the last good weights intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge.data.batches import CausalLMBatches, eval_windows
+from lmforge.errors import LmforgeError
+from lmforge.objectives.clm import clm_loss
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.config import TrainConfig
+from lmforge.train.flops import peak_flops
+from lmforge.train.logger import MetricsLogger
+from lmforge.train.optim import lr_at, make_optimizer
+from lmforge.train.parallel import DistInfo, all_reduce_sum, parallelize
+from lmforge.utils.io import atomic_write_json
+
+Objective = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps: int
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None  # of the weights in <run>/model.safetensors
+    val_ppl: float | None
+    best_step: int | None
+    stopped_early: bool
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type not in ("cuda", "cpu"):
+        raise LmforgeError(f"train.precision fp16 is not supported on {device.type}; use bf16 or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(e).lower()
+
+
+class Trainer:
+    """Trains `model` on `train_batches`; everything it needs to resume lives in <run>/train_state."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_batches: CausalLMBatches,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        *,
+        val_tokens: np.ndarray | None = None,
+        objective: Objective = clm_loss,
+        device: torch.device | None = None,
+        dist: DistInfo | None = None,
+        flops_per_token: float | None = None,
+    ) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.dist = dist or DistInfo()
+        self.device = device or torch.device("cpu")
+        self.model = model.to(self.device)  # the plain module: what we save and evaluate
+        self.train_batches, self.val_tokens, self.objective = train_batches, val_tokens, objective
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.step_model = parallelize(self.model, self.dist, self.device, compile=cfg.compile)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.fused = bool(self.optimizer.defaults.get("fused"))
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.tokens_per_step = (
+            train_batches.batch_size * train_batches.seq_len * cfg.grad_accum * self.dist.world_size
+        )
+        self.flops_per_token = flops_per_token
+        self.state_root = self.run_dir / "train_state"
+        # Progress counters (all restored on resume).
+        self.step = 0
+        self.best_val = math.inf
+        self.best_step: int | None = None
+        self.evals_without_improvement = 0
+        self.last_val: float | None = None
+
+    # ------------------------------------------------------------ resume
+
+    def resume(self) -> int:
+        """Restore model, optimizer, RNG, sampler and counters from the newest intact checkpoint."""
+        path, meta = ckpt.find_resumable(self.state_root)
+        if meta.get("world_size", 1) != self.dist.world_size:
+            warnings.warn(
+                f"resuming a run saved with {meta.get('world_size')} processes on {self.dist.world_size}: "
+                "training continues but is not bit-identical to an uninterrupted run",
+                stacklevel=2,
+            )
+        ckpt.load_checkpoint(path, meta, self.model, self.optimizer, device=self.device, rank=self.dist.rank)
+        self.train_batches.load_state_dict(meta["sampler"])
+        self.step = int(meta["step"])
+        self.best_val = float(meta.get("best_val", math.inf))
+        self.best_step = meta.get("best_step")
+        self.evals_without_improvement = int(meta.get("evals_without_improvement", 0))
+        self.last_val = meta.get("last_val")
+        return self.step
+
+    def _save(self) -> None:
+        state = {
+            "sampler": self.train_batches.state_dict(),
+            "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "last_val": self.last_val,
+            "tokens_seen": self.step * self.tokens_per_step,
+        }
+        ckpt.write_checkpoint(
+            self.state_root, self.step, self.model, self.optimizer, state,
+            device=self.device, rank=self.dist.rank, world_size=self.dist.world_size,
+            keep_last=self.cfg.keep_last, barrier=self.dist.barrier,
+        )  # fmt: skip
+        if self.dist.is_main and self.best_step is None:
+            # No evaluation yet: the run's weights are the latest ones.
+            ckpt.save_weights(self.model, self.run_dir / "model.safetensors")
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over the fixed validation windows (all ranks take part)."""
+        if self.val_tokens is None or len(self.val_tokens) < 2:
+            return None
+        self.model.eval()
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # (sum of losses * tokens, tokens)
+        windows = eval_windows(
+            self.val_tokens, self.train_batches.seq_len, self.train_batches.batch_size, self.cfg.eval_batches,
+            rank=self.dist.rank, world_size=self.dist.world_size,
+        )  # fmt: skip
+        for x, y in windows:
+            x, y = x.to(self.device), y.to(self.device)
+            with autocast(self.device, self.precision):
+                loss, _ = self.objective(self.model, (x, y))
+            total += torch.stack(
+                [loss.double() * y.numel(), torch.tensor(y.numel(), device=self.device).double()]
+            )
+        all_reduce_sum(total, self.dist)
+        self.model.train()
+        return float(total[0] / total[1]) if total[1] > 0 else None
+
+    def _after_eval(self, val: float, logger: MetricsLogger | None) -> bool:
+        """Record a validation loss; keep the best weights; return True when patience has run out."""
+        self.last_val = val
+        if logger:
+            logger.log({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+        if val < self.best_val:
+            self.best_val, self.best_step, self.evals_without_improvement = val, self.step, 0
+            if self.dist.is_main:
+                ckpt.save_weights(self.model, self.run_dir / "model.safetensors")
+        else:
+            self.evals_without_improvement += 1
+        patience = self.cfg.early_stopping_patience
+        return patience > 0 and self.evals_without_improvement >= patience
+
+    # ------------------------------------------------------------ one optimizer step
+
+    def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Micro-batches, clip, optimizer step; returns (loss, grad norm, finite) as device tensors."""
+        cfg, device = self.cfg, self.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # Micro-batches: gradients accumulate; DDP syncs only on the last one.
+        step_loss = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            batch = self.train_batches.next_batch()
+            sync_ctx = (
+                self.step_model.no_sync()
+                if self.dist.enabled and micro < cfg.grad_accum - 1 and hasattr(self.step_model, "no_sync")
+                else contextlib.nullcontext()
+            )
+            with sync_ctx:
+                with autocast(device, self.precision):
+                    loss, _ = self.objective(self.step_model, batch)
+                    loss = loss / cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            step_loss += loss.detach()
+
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        finite = torch.isfinite(grad_norm) & torch.isfinite(step_loss)
+        if self.scaler:
+            self.scaler.step(self.optimizer)  # skips inf/NaN steps itself
+            self.scaler.update()
+        elif self.fused:
+            self.optimizer.found_inf = (~finite).float()  # fused AdamW skips the update when set
+            self.optimizer.step()
+        elif bool(finite):  # unfused optimizers need the (synchronising) check on the host
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss, grad_norm, finite
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        cfg, dist, device = self.cfg, self.dist, self.device
+        start_step = self.resume() if resume else 0
+        main = dist.is_main
+        logger = (
+            MetricsLogger(
+                self.run_dir, tensorboard=cfg.tensorboard, resume_step=start_step if resume else None
+            )
+            if main
+            else None
+        )
+        peak = peak_flops(device, self.precision) if (main and self.flops_per_token) else None
+        progress = _Progress(cfg.max_steps, start_step, enabled=main and cfg.progress)
+
+        self.model.train()
+        loss_sum = torch.zeros((), device=device)  # summed on device between logs: no per-step sync
+        nan_streak = torch.zeros((), device=device)  # consecutive non-finite steps
+        nan_total = torch.zeros((), device=device)
+        steps_in_window, window_start = 0, time.perf_counter()
+        t0, stopped_early, last_loss = time.perf_counter(), False, None
+        if start_step >= cfg.max_steps and main:
+            print(
+                f"run already at step {start_step} >= train.max_steps={cfg.max_steps}; nothing to do",
+                file=sys.stderr,
+            )
+
+        try:
+            while self.step < cfg.max_steps:
+                lr = lr_at(self.step, cfg)
+                step_loss, grad_norm, finite = self.train_step(lr)
+                nan_streak = (nan_streak + 1) * (~finite)
+                nan_total += ~finite
+                loss_sum += torch.where(finite, step_loss, torch.zeros_like(step_loss))
+                self.step += 1
+                steps_in_window += 1
+
+                last_step = self.step >= cfg.max_steps
+                if self.step % cfg.log_every == 0 or last_step:
+                    # The one host sync of the interval.
+                    streak, total_bad = int(nan_streak), int(nan_total)
+                    good = max(1, steps_in_window - min(total_bad, steps_in_window))
+                    last_loss = float(loss_sum) / good
+                    if total_bad and main:
+                        warnings.warn(
+                            f"step {self.step}: skipped {total_bad} step(s) with non-finite loss or gradients",
+                            stacklevel=2,
+                        )
+                    if streak >= cfg.max_nan_steps:
+                        raise LmforgeError(
+                            f"loss was NaN/inf for {streak} consecutive steps up to step {self.step}; weights from the "
+                            f"last checkpoint are intact. Lower --train.lr (now {cfg.lr}), keep --train.grad_clip on, "
+                            "or use --train.precision fp32/bf16 instead of fp16"
+                        )
+                    elapsed = time.perf_counter() - window_start
+                    tok_s = steps_in_window * self.tokens_per_step / max(elapsed, 1e-9)
+                    row = {"step": self.step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                           "tokens_per_s": tok_s, "tokens": self.step * self.tokens_per_step}  # fmt: skip
+                    if peak:
+                        row["mfu"] = self.flops_per_token * tok_s / peak / dist.world_size
+                    if logger:
+                        logger.log(row)
+                    progress.update(self.step, row)
+                    loss_sum.zero_()
+                    nan_total.zero_()
+                    steps_in_window, window_start = 0, time.perf_counter()
+
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
+                    val = self.evaluate()
+                    if val is not None:
+                        progress.note(
+                            f"step {self.step}: val_loss {val:.4f}  val_ppl {math.exp(min(val, 50)):.2f}"
+                        )
+                        if self._after_eval(val, logger):
+                            stopped_early = True
+                            progress.note(
+                                f"early stopping at step {self.step}: no improvement in "
+                                f"{cfg.early_stopping_patience} evaluations (best {self.best_val:.4f} at step {self.best_step})"
+                            )
+                    if logger and cfg.plot:
+                        logger.plot()
+                if (cfg.save_every and self.step % cfg.save_every == 0) or last_step or stopped_early:
+                    self._save()
+                if stopped_early:
+                    break
+        except RuntimeError as e:
+            if _is_oom(e):
+                raise LmforgeError(
+                    f"out of memory at train.batch_size={cfg.batch_size}, seq_len={self.train_batches.seq_len} on "
+                    f"{device}; lower --train.batch_size and raise --train.grad_accum to keep the same effective batch"
+                ) from None
+            raise
+        finally:
+            progress.close()
+            if logger:
+                logger.close()
+
+        if main and cfg.plot and logger:
+            logger.plot()
+        val = self.best_val if self.best_step is not None else None
+        result = TrainResult(
+            run_dir=str(self.run_dir), steps=self.step, tokens=self.step * self.tokens_per_step,
+            train_loss=last_loss, val_loss=val, val_ppl=math.exp(min(val, 50)) if val is not None else None,
+            best_step=self.best_step, stopped_early=stopped_early, elapsed_s=time.perf_counter() - t0,
+        )  # fmt: skip
+        if main:
+            atomic_write_json(self.run_dir / "summary.json", result.to_dict())
+        return result
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain log lines otherwise (CI logs, files)."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+        self.last = initial
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        mfu = f"  mfu {row['mfu'] * 100:.1f}%" if "mfu" in row else ""
+        text = f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s{mfu}"
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix_str(text, refresh=False)
+        else:
+            print(f"step {step:>6}  {text}", file=sys.stderr, flush=True)
+        self.last = step
+
+    def note(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
