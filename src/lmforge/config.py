@@ -257,6 +257,7 @@ def add_dataclass_flags(parser: Any, cls: type, *, skip: tuple[str, ...] = ()) -
             metavar = "{" + ",".join(map(str, typing.get_args(base))) + "}"
         text = helps.get(name, "")
         text = f"{text} (default: {default})" if text else f"(default: {default})"
+        text = text.replace("%", "%%")  # argparse formats help strings with %
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,

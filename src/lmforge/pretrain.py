@@ -197,8 +197,8 @@ def run_pretraining(
                     "a run's model cannot change on resume: start a new --out instead"
                 )
         if info.is_main:
+            # The saved config is itself a valid --config (raw data is found again as <out>/data).
             saved = to_dict(cfg)
-            saved["shards"] = str(shards.path)
             atomic_write_text(
                 run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False, allow_unicode=True)
             )

@@ -1,0 +1,120 @@
+"""End to end through the CLI, as a user types it: tokenizer -> prepare -> pretrain -> resume ->
+eval -> generate -> export/import; plus the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.cli import main
+
+TINY = [
+    "--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32", "--model.max_len", "32",
+    "--train.batch_size", "4", "--train.log_every", "2", "--train.eval_every", "4", "--train.eval_batches", "2",
+    "--train.save_every", "4", "--train.warmup_steps", "2", "--train.lr", "3e-3", "--train.progress", "false",
+    "--train.tensorboard", "false", "--train.device", "cpu", "--train.threads", "1",
+]  # fmt: skip
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end(tmp_path, tiny_corpus, capsys):
+    tok, shards, run = tmp_path / "tok.json", tmp_path / "shards", tmp_path / "run"
+    code, out, err = run_cli(
+        capsys, "tokenizer", "train", "--data", str(tiny_corpus), "--kind", "bpe", "--vocab_size", "300",
+        "--out", str(tok), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert last_json(out)["vocab_size"] <= 300 and tok.is_file()
+
+    code, out, err = run_cli(capsys, "prepare", "--data", str(tiny_corpus), "--tokenizer", str(tok), "--out", str(shards),
+                             "--val_fraction", "0.1", "--json")  # fmt: skip
+    assert code == 0, err
+    prep = last_json(out)
+    assert prep["train_tokens"] > 0 and prep["val_tokens"] > 0
+
+    code, out, err = run_cli(capsys, "pretrain", "--data", str(shards), "--out", str(run), *TINY,
+                             "--train.max_steps", "8", "--json")  # fmt: skip
+    assert code == 0, err
+    res = last_json(out)
+    assert res["steps"] == 8 and res["val_ppl"] > 1
+    for name in ("config.yaml", "tokenizer.json", "model.safetensors", "metrics.jsonl", "summary.json"):
+        assert (run / name).is_file(), name
+
+    # Resume and train longer (the schedule follows the new max_steps).
+    code, out, err = run_cli(capsys, "pretrain", "--out", str(run), "--resume", "--train.max_steps", "12", "--json")
+    assert code == 0, err
+    assert last_json(out)["steps"] == 12
+
+    code, out, err = run_cli(capsys, "eval", str(run), "--data", str(tiny_corpus / "doc00.txt"), "--device", "cpu", "--json")
+    assert code == 0, err
+    ev = last_json(out)
+    assert ev["perplexity"] > 1 and 0 < ev["bits_per_byte"] < 20 and ev["tokens"] > 100
+
+    code, out, err = run_cli(capsys, "generate", str(run), "--prompt", "The model", "--max_new_tokens", "12",
+                             "--seed", "1", "--device", "cpu", "--json")  # fmt: skip
+    assert code == 0, err
+    first = last_json(out)["completion"]
+    code, out, _ = run_cli(capsys, "generate", str(run), "--prompt", "The model", "--max_new_tokens", "12",
+                           "--seed", "1", "--device", "cpu", "--json")  # fmt: skip
+    assert last_json(out)["completion"] == first  # seeded sampling is reproducible
+
+    code, out, err = run_cli(capsys, "info", str(run), "--json")
+    assert code == 0 and last_json(out)["parameters"] > 0
+
+
+@pytest.mark.slow
+def test_builtin_corpus_needs_no_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        capsys, "pretrain", "--out", str(run), *TINY, "--train.max_steps", "4", "--tokenizer.vocab_size", "512",
+        "--train.eval_every", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "validation perplexity" in out and "sample> The" in out
+
+
+def test_unknown_flag_names_the_nearest(capsys):
+    code, _, err = run_cli(capsys, "pretrain", "--train.max_step", "3")
+    assert code == 2
+    assert err.strip() == "lmforge: error: unknown option '--train.max_step'; did you mean '--train.max_steps'?"
+
+
+def test_unknown_yaml_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  n_layers: 2\n")
+    code, _, err = run_cli(capsys, "pretrain", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 2 and "unknown config key 'model.n_layers'; did you mean 'n_layer'?" in err
+
+
+def test_missing_run_and_binary_data(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "nope"), "--data", "x.txt")
+    assert code == 2 and "no such run directory" in err
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    code, _, err = run_cli(capsys, "tokenizer", "train", "--data", str(binary), "--out", str(tmp_path / "t.json"))
+    assert code == 2 and "blob.txt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "pretrain", "--out", str(tmp_path / "empty"), "--resume")
+    assert code == 2 and "nothing to resume" in err
+
+
+def test_help_reads_well():
+    out = subprocess.run([sys.executable, "-m", "lmforge.cli", "pretrain", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "--train.max_steps" in out.stdout and "optimizer steps" in out.stdout and "--model.n_layer" in out.stdout
