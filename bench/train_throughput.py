@@ -148,6 +148,8 @@ def current_rss() -> int:
 def memory_child(a: argparse.Namespace) -> None:
     """Peak memory of building the model and training 3 steps, over the process after imports."""
     device = torch.device(a.device)
+    if a.memory_child == "hf":
+        import transformers  # noqa: F401  (imported before the baseline: library code is not the model's memory)
     base = current_rss()
     r = ours(a, "fp32", False, device) if a.memory_child == "ours" else HFStep(a, "fp32", device)
     timed(r, 3, device)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lmforge.cli import main
 
@@ -118,3 +119,41 @@ def test_help_reads_well():
     out = subprocess.run([sys.executable, "-m", "lmforge.cli", "pretrain", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "--train.max_steps" in out.stdout and "optimizer steps" in out.stdout and "--model.n_layer" in out.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_corpus):
+    """A real kill -9 mid-run, then --resume: the final weights equal an uninterrupted run's."""
+    import os
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    tok, shards = tmp_path / "tok.json", tmp_path / "shards"
+    assert main(["tokenizer", "train", "--data", str(tiny_corpus), "--vocab_size", "300", "--out", str(tok)]) == 0
+    assert main(["prepare", "--data", str(tiny_corpus), "--tokenizer", str(tok), "--out", str(shards)]) == 0
+    args = ["pretrain", "--data", str(shards), *TINY, "--train.max_steps", "150", "--train.save_every", "10",
+            "--train.eval_every", "50", "--model.dropout", "0.1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lmforge.cli"]
+    straight = subprocess.run([*cmd, *args, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    proc = subprocess.Popen([*cmd, *args, "--out", str(tmp_path / "b")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    latest = tmp_path / "b" / "train_state" / "latest.json"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert killed_at < 150, "the run finished before it could be killed"
+
+    resumed = subprocess.run([*cmd, "pretrain", "--out", str(tmp_path / "b"), "--resume"], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = "train_state/step_00000150/model.safetensors"
+    a, b = load_file(str(tmp_path / "a" / final)), load_file(str(tmp_path / "b" / final))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lmforge.data.clean import CleanConfig
 
 from lmforge.config import deep_merge, from_dict, load_yaml, to_dict
+from lmforge.data.clean import CleanConfig
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
 from lmforge.tokenizer import TokenizerConfig
@@ -83,7 +83,6 @@ def _round_up(n: int, multiple: int = 64) -> int:
 def _prepare_data(cfg: PretrainConfig, run_dir: Path, is_main: bool, barrier) -> Path:
     """Shard directory for the run: given, reused from an earlier start, or built now."""
     from lmforge.data.shards import is_shard_dir, prepare
-
     from lmforge.tokenizer import Tokenizer, train_tokenizer
 
     if cfg.data and is_shard_dir(cfg.data):
@@ -156,9 +155,9 @@ def run_pretraining(
     cfg: PretrainConfig, *, resume: bool = False, sample_prompt: str | None = None
 ) -> TrainResult:
     import yaml
-    from lmforge.data.shards import Shards
 
     from lmforge.data.batches import CausalLMBatches
+    from lmforge.data.shards import Shards
     from lmforge.models import build_model
     from lmforge.run import check_vocab, model_config_of
     from lmforge.train.parallel import setup_distributed, teardown_distributed
@@ -232,7 +231,9 @@ def run_pretraining(
         result = trainer.fit(resume=resume)
         if info.is_main and sample_prompt is not None:
             from lmforge.infer.generate import GenerationConfig, generate
+            from lmforge.train.checkpoint import load_weights
 
+            load_weights(model, run_dir / "model.safetensors")  # the weights users get: best validation loss
             model.eval()
             gen = GenerationConfig(max_new_tokens=60, temperature=0.8, top_p=0.95, seed=tcfg.seed)
             result_sample = generate(model, tokenizer, sample_prompt, gen)

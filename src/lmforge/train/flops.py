@@ -32,8 +32,10 @@ def measured_matmul_flops(
     """FLOP/s of repeated (size x size) @ (size x size) matmuls in `precision` on `device`."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     dev = torch.device(device)
-    a = torch.randn(size, size, device=dev, dtype=dtype)
-    b = torch.randn(size, size, device=dev, dtype=dtype)
+    # A private generator: measuring must not move the global RNG that dropout (and exact resume) rely on.
+    gen = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(size, size, device=dev, dtype=dtype, generator=gen)
+    b = torch.randn(size, size, device=dev, dtype=dtype, generator=gen)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(3):  # warm up kernels and caches
         a @ b

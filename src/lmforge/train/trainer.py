@@ -130,7 +130,8 @@ class Trainer:
         ckpt.load_checkpoint(path, meta, self.model, self.optimizer, device=self.device, rank=self.dist.rank)
         self.train_batches.load_state_dict(meta["sampler"])
         self.step = int(meta["step"])
-        self.best_val = float(meta.get("best_val", math.inf))
+        best = meta.get("best_val")  # null until the first evaluation
+        self.best_val = math.inf if best is None else float(best)
         self.best_step = meta.get("best_step")
         self.evals_without_improvement = int(meta.get("evals_without_improvement", 0))
         self.last_val = meta.get("last_val")

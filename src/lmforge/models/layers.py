@@ -1,0 +1,332 @@
+"""The building blocks every architecture is made of: norms, positions, attention, MLP, block.
+
+GPT-2, Llama and BERT differ only in which of these pieces they pick (LayerNorm or RMSNorm, learned
+or rotary positions, GELU or SwiGLU, norm before or after each sublayer), so each piece reads its
+choice from `ModelConfig` and the Transformer simply stacks `Block`s. Attention takes a `causal`
+flag and an optional padding mask so that encoders reuse it unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import LmforgeError
+from lmforge.models.config import ModelConfig
+
+# `enable_gqa` lets SDPA share each key/value head across a group of query heads without copying
+# them; older PyTorch lacks it, and there we repeat the key/value heads instead.
+_SDPA_HAS_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama): rescales by 1/rms(x), no mean subtraction and no bias.
+
+    The statistics are computed in float32 even for bf16/fp16 activations, as Llama does, so
+    imported checkpoints behave identically in reduced precision.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x)
+        return normed * self.weight
+
+
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    """The norm layer chosen by `cfg.norm`; LayerNorm carries a bias only when `cfg.bias`."""
+    dim = dim or cfg.d_model
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions
+
+
+def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed sin/cos position encodings of "Attention Is All You Need": (max_len, dim).
+
+    Even channels hold sin(pos / base^(2i/dim)), odd channels the matching cos, so every position
+    is a set of rotations at geometrically spaced frequencies.
+    """
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (ceil(dim/2),)
+    angles = pos * inv_freq  # (max_len, ceil(dim/2))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return table
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE) tables: cos/sin of position * frequency, (max_len, head_dim).
+
+    Uses the "rotate-half" layout of Hugging Face's Llama (channel i pairs with channel
+    i + head_dim/2, not with its neighbour), so Llama checkpoints import and export without
+    permuting the query/key projections. The tables are not parameters and are not saved.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
+        super().__init__()
+        # Computed exactly as Llama does (int64 arange cast to float32) so the angles match bit for bit.
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, head_dim/2)
+        angles = torch.cat([freqs, freqs], dim=-1)  # (max_len, head_dim)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions start .. start+length-1, each (length, head_dim)."""
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys x (B, n_heads, T, head_dim) by their positions' angles (T, head_dim)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # keeps autocast's bf16 activations in bf16
+    return x * cos + rotate_half(x) * sin
+
+
+# ----------------------------------------------------------------------------------------------
+# Key/value cache
+
+
+class KVCache:
+    """Keys and values of past positions, for decoding one token at a time.
+
+    Storage is preallocated per layer at a fixed shape (batch, n_kv_head, max_len, head_dim), so
+    decoding never reallocates and the tensors are friendly to `torch.compile`/CUDA graphs;
+    `length` counts the positions already written. Attention layers call `update` with the
+    keys/values of the new positions and attend over the returned prefix; the Transformer
+    advances `length` once all layers have written.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].size(2)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].size(0)
+
+    def reset(self) -> None:
+        """Forget every position (the storage is kept and simply overwritten)."""
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv_head, T, head_dim) at positions length..length+T-1 of `layer`.
+
+        Returns the keys and values of all positions so far, (B, n_kv_head, length + T, head_dim).
+        """
+        end = self.length + k.size(2)
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with grouped-query heads, rotary positions and a KV cache.
+
+    One fused Linear produces queries, keys and values (rows laid out as [q heads | k heads |
+    v heads]) and a single `F.scaled_dot_product_attention` call does the rest, which dispatches
+    to FlashAttention/memory-efficient kernels on GPU and a fused kernel on CPU.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.layer_idx = layer_idx  # which slot of a KVCache this layer writes
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        causal: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, d_model) -> (B, T, d_model).
+
+        `attn_mask` (bool, broadcastable to (B, 1, T, S), True = may attend) masks padding;
+        `causal` additionally hides later positions (decoders) and is off for encoders.
+        """
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
+        q, k, v = qkv.transpose(1, 2).split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
+        # q: (B, n_head, T, head_dim); k, v: (B, n_kv_head, T, head_dim)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_head, S, head_dim), S = past + T
+        y = self._attend(q, k, v, causal=causal, attn_mask=attn_mask)  # (B, n_head, T, head_dim)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*head_dim)
+        return self.resid_drop(self.proj(y))
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        T, S = q.size(-2), k.size(-2)
+        is_causal = False
+        if causal and attn_mask is None and T == S:
+            is_causal = True  # training or a prefill: the kernel builds the triangle itself
+        elif causal and T > 1:
+            # New queries sit at the end of S keys (a cached chunk): query i sees keys 0..S-T+i.
+            # (SDPA's is_causal aligns the triangle top-left, which would be wrong here.)
+            tri = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+            attn_mask = tri if attn_mask is None else attn_mask & tri
+        # (causal with T == 1: the single newest query may see every cached key, so no mask.)
+
+        gqa = {}
+        if self.n_kv_head != self.n_head:
+            if _SDPA_HAS_GQA:
+                gqa = {"enable_gqa": True}
+            else:
+                repeat = self.n_head // self.n_kv_head
+                k = k.repeat_interleave(repeat, dim=1)  # (B, n_head, S, head_dim)
+                v = v.repeat_interleave(repeat, dim=1)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            **gqa,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Feed-forward
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: fc -> activation -> proj, or SwiGLU's down(silu(gate) * up)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, ff = cfg.d_model, cfg.ff_dim
+        self.gated = cfg.activation == "swiglu"
+        if self.gated:
+            self.gate = nn.Linear(d, ff, bias=cfg.bias)
+            self.up = nn.Linear(d, ff, bias=cfg.bias)
+            self.down = nn.Linear(ff, d, bias=cfg.bias)
+        else:
+            self.fc = nn.Linear(d, ff, bias=cfg.bias)
+            self.proj = nn.Linear(ff, d, bias=cfg.bias)
+            self.act = {
+                "gelu": nn.GELU(),
+                "gelu_tanh": nn.GELU(approximate="tanh"),
+                "relu": nn.ReLU(),
+            }[cfg.activation]
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
+        return self.drop(self.proj(self.act(self.fc(x))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Block
+
+
+class Block(nn.Module):
+    """Attention then MLP, each wrapped in a residual connection and a norm.
+
+    Pre-norm (GPT-2, Llama): x + f(norm(x)), which keeps an identity path from input to output
+    and trains stably without warmup tricks. Post-norm (original Transformer, BERT):
+    norm(x + f(x)).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
+        super().__init__()
+        self.pre_norm = cfg.norm_position == "pre"
+        self.norm1 = make_norm(cfg)
+        self.attn = Attention(cfg, layer_idx)
+        self.norm2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        causal: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, d_model) -> (B, T, d_model)."""
+        if self.pre_norm:
+            x = x + self.attn(self.norm1(x), rope=rope, causal=causal, attn_mask=attn_mask, cache=cache)
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x, rope=rope, causal=causal, attn_mask=attn_mask, cache=cache))
+        return self.norm2(x + self.mlp(x))
+
+
+def check_length(length: int, max_len: int) -> None:
+    """Refuse sequences the position tables (or the KV cache) were not built for."""
+    if length > max_len:
+        raise LmforgeError(
+            f"sequence of length {length} exceeds model.max_len={max_len}; "
+            "raise --model.max_len or shorten the input"
+        )
+
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "Block",
+    "KVCache",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "apply_rope",
+    "check_length",
+    "make_norm",
+    "rotate_half",
+    "sinusoidal_table",
+]

@@ -1,0 +1,157 @@
+"""The building blocks, each checked against a direct re-statement of its formula."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.models.config import ModelConfig
+from lmforge.models.layers import (
+    MLP,
+    Attention,
+    Block,
+    KVCache,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rope,
+    make_norm,
+    sinusoidal_table,
+)
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(vocab_size=50, n_layer=2, n_head=4, d_model=32, max_len=16)
+    return ModelConfig(**{**base, **kw})
+
+
+def reference_attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(d) + mask) v, written out, with key/value heads repeated for GQA."""
+    rep = q.size(1) // k.size(1)
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def test_rmsnorm_formula_and_fp32_statistics():
+    torch.manual_seed(0)
+    norm = RMSNorm(8, eps=1e-6)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 8)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    # bf16 input: statistics in fp32, result back in bf16.
+    xb = (x * 300).bfloat16()
+    assert norm.to(torch.bfloat16)(xb).dtype == torch.bfloat16
+
+
+def test_make_norm_follows_config():
+    assert isinstance(make_norm(cfg(norm="rmsnorm")), RMSNorm)
+    ln = make_norm(cfg(bias=False))
+    assert isinstance(ln, torch.nn.LayerNorm) and ln.bias is None
+    assert make_norm(cfg()).bias is not None
+
+
+def test_sinusoidal_table_values():
+    table = sinusoidal_table(10, 6)
+    pos, i = 7, 2  # channel pair (4, 5)
+    angle = pos / 10000 ** (2 * i / 6)
+    assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert sinusoidal_table(4, 5).shape == (4, 5)  # odd widths work too
+
+
+def test_rope_rotates_and_depends_only_on_relative_position():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(head_dim=8, max_len=32)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def rotated(x, pos):
+        return apply_rope(x, *rope(pos, 1))
+
+    # A rotation: norms are preserved.
+    torch.testing.assert_close(rotated(q, 5).norm(), q.norm())
+    # <R(m) q, R(n) k> depends on m - n only.
+    a = (rotated(q, 9) * rotated(k, 4)).sum()
+    b = (rotated(q, 20) * rotated(k, 15)).sum()
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # Rotate-half layout: channel i pairs with channel i + head_dim/2.
+    x = torch.zeros(1, 1, 1, 8)
+    x[..., 0] = 1.0
+    y = rotated(x, 3)
+    nonzero = torch.nonzero(y.flatten().abs() > 1e-6).flatten().tolist()
+    assert nonzero == [0, 4]
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_attention_matches_reference(n_kv_head):
+    torch.manual_seed(0)
+    c = cfg(n_kv_head=n_kv_head)
+    attn = Attention(c).eval()
+    x = torch.randn(2, 7, 32)
+    B, T, H, KV, D = 2, 7, 4, n_kv_head, 8
+    qkv = attn.qkv(x).view(B, T, H + 2 * KV, D).transpose(1, 2)
+    q, k, v = qkv[:, :H], qkv[:, H : H + KV], qkv[:, H + KV :]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    y = reference_attention(q, k, v, causal).transpose(1, 2).reshape(B, T, H * D)
+    torch.testing.assert_close(attn(x), attn.proj(y), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_causal_flag_and_padding_mask():
+    torch.manual_seed(0)
+    attn = Attention(cfg()).eval()
+    x = torch.randn(1, 6, 32)
+    x2 = x.clone()
+    x2[:, 4:] += 1.0
+    # Causal: earlier outputs ignore later inputs.
+    torch.testing.assert_close(attn(x)[:, :4], attn(x2)[:, :4])
+    # Bidirectional (encoder): they do not.
+    assert not torch.allclose(attn(x, causal=False)[:, :4], attn(x2, causal=False)[:, :4])
+    # A padding mask hides the padded keys entirely.
+    keep = torch.tensor([True, True, True, True, False, False]).view(1, 1, 1, 6)
+    torch.testing.assert_close(
+        attn(x, causal=False, attn_mask=keep)[:, :4], attn(x2, causal=False, attn_mask=keep)[:, :4]
+    )
+
+
+def test_attention_with_cache_equals_full_sequence():
+    torch.manual_seed(0)
+    attn = Attention(cfg(n_kv_head=2)).eval()
+    x = torch.randn(2, 9, 32)
+    cache = KVCache(n_layer=1, batch_size=2, n_kv_head=2, max_len=16, head_dim=8)
+    outs = []
+    for a, b in [(0, 4), (4, 5), (5, 9)]:  # a prefill, one token, then a chunk of several
+        outs.append(attn(x[:, a:b], cache=cache))
+        cache.length = b
+    torch.testing.assert_close(torch.cat(outs, 1), attn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_variants():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32)
+    glu = MLP(cfg(activation="swiglu", bias=False))
+    expected = glu.down(F.silu(glu.gate(x)) * glu.up(x))
+    torch.testing.assert_close(glu(x), expected)
+    assert glu.gate.weight.shape == (cfg(activation="swiglu").ff_dim, 32)
+    plain = MLP(cfg(activation="gelu"))
+    torch.testing.assert_close(plain(x), plain.proj(F.gelu(plain.fc(x))))
+
+
+def test_post_norm_block_ends_normalised():
+    torch.manual_seed(0)
+    block = Block(cfg(norm_position="post")).eval()
+    y = block(torch.randn(2, 5, 32) * 10)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(2, 5), atol=1e-3, rtol=0)
+
+
+def test_pre_norm_block_is_residual():
+    torch.manual_seed(0)
+    block = Block(cfg()).eval()
+    for p in (block.attn.proj.weight, block.attn.proj.bias, block.mlp.proj.weight, block.mlp.proj.bias):
+        torch.nn.init.zeros_(p)
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(block(x), x)  # zeroed sublayer outputs leave the identity path
