@@ -13,11 +13,11 @@ import torch
 
 torch.set_num_threads(1)  # pytest-xdist runs one worker per core
 
-WORDS = (
-    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
-    "you were her she there been one all we their has would when if so no what can more out up about into some time "
-    "model language token train data word text learn value return function object string number list file"
-).split()
+WORDS = """
+the of and to in a is that for it as was with be by on not he this are or his from at which but have an they
+you were her she there been one all we their has would when if so no what can more out up about into some time
+model language token train data word text learn value return function object string number list file
+""".split()  # noqa: SIM905 - a word list reads better as prose
 
 
 def make_text(n_words: int, seed: int = 0) -> str:

@@ -55,11 +55,15 @@ def test_pipeline_end_to_end(tmp_path, tiny_corpus, capsys):
         assert (run / name).is_file(), name
 
     # Resume and train longer (the schedule follows the new max_steps).
-    code, out, err = run_cli(capsys, "pretrain", "--out", str(run), "--resume", "--train.max_steps", "12", "--json")
+    code, out, err = run_cli(
+        capsys, "pretrain", "--out", str(run), "--resume", "--train.max_steps", "12", "--json"
+    )
     assert code == 0, err
     assert last_json(out)["steps"] == 12
 
-    code, out, err = run_cli(capsys, "eval", str(run), "--data", str(tiny_corpus / "doc00.txt"), "--device", "cpu", "--json")
+    code, out, err = run_cli(
+        capsys, "eval", str(run), "--data", str(tiny_corpus / "doc00.txt"), "--device", "cpu", "--json"
+    )
     assert code == 0, err
     ev = last_json(out)
     assert ev["perplexity"] > 1 and 0 < ev["bits_per_byte"] < 20 and ev["tokens"] > 100
@@ -91,7 +95,9 @@ def test_builtin_corpus_needs_no_data(tmp_path, capsys, monkeypatch):
 def test_unknown_flag_names_the_nearest(capsys):
     code, _, err = run_cli(capsys, "pretrain", "--train.max_step", "3")
     assert code == 2
-    assert err.strip() == "lmforge: error: unknown option '--train.max_step'; did you mean '--train.max_steps'?"
+    assert (
+        err.strip() == "lmforge: error: unknown option '--train.max_step'; did you mean '--train.max_steps'?"
+    )
 
 
 def test_unknown_yaml_key(tmp_path, capsys):
@@ -106,7 +112,9 @@ def test_missing_run_and_binary_data(tmp_path, capsys):
     assert code == 2 and "no such run directory" in err
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\x00\x01\x02" * 100)
-    code, _, err = run_cli(capsys, "tokenizer", "train", "--data", str(binary), "--out", str(tmp_path / "t.json"))
+    code, _, err = run_cli(
+        capsys, "tokenizer", "train", "--data", str(binary), "--out", str(tmp_path / "t.json")
+    )
     assert code == 2 and "blob.txt" in err and len(err.strip().splitlines()) == 1
 
 
@@ -116,9 +124,15 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
 
 
 def test_help_reads_well():
-    out = subprocess.run([sys.executable, "-m", "lmforge.cli", "pretrain", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lmforge.cli", "pretrain", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0
-    assert "--train.max_steps" in out.stdout and "optimizer steps" in out.stdout and "--model.n_layer" in out.stdout
+    assert (
+        "--train.max_steps" in out.stdout
+        and "optimizer steps" in out.stdout
+        and "--model.n_layer" in out.stdout
+    )
 
 
 @pytest.mark.slow
@@ -131,13 +145,18 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_corpus):
     from safetensors.torch import load_file
 
     tok, shards = tmp_path / "tok.json", tmp_path / "shards"
-    assert main(["tokenizer", "train", "--data", str(tiny_corpus), "--vocab_size", "300", "--out", str(tok)]) == 0
+    assert (
+        main(["tokenizer", "train", "--data", str(tiny_corpus), "--vocab_size", "300", "--out", str(tok)])
+        == 0
+    )
     assert main(["prepare", "--data", str(tiny_corpus), "--tokenizer", str(tok), "--out", str(shards)]) == 0
     args = ["pretrain", "--data", str(shards), *TINY, "--train.max_steps", "150", "--train.save_every", "10",
             "--train.eval_every", "50", "--model.dropout", "0.1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "lmforge.cli"]
-    straight = subprocess.run([*cmd, *args, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True)
+    straight = subprocess.run(
+        [*cmd, *args, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     proc = subprocess.Popen([*cmd, *args, "--out", str(tmp_path / "b")], env=env, stdout=subprocess.DEVNULL,

@@ -17,7 +17,12 @@ from lmforge.train.config import TrainConfig
 
 def test_from_dict_converts_strings_and_nests():
     cfg = from_dict(TrainConfig, {"max_steps": "20", "lr": "3e-4", "compile": "true", "precision": "bf16"})
-    assert cfg.max_steps == 20 and cfg.lr == pytest.approx(3e-4) and cfg.compile is True and cfg.precision == "bf16"
+    assert (
+        cfg.max_steps == 20
+        and cfg.lr == pytest.approx(3e-4)
+        and cfg.compile is True
+        and cfg.precision == "bf16"
+    )
 
 
 def test_unknown_key_suggests_nearest():
@@ -26,9 +31,9 @@ def test_unknown_key_suggests_nearest():
 
 
 def test_bad_type_and_literal_name_the_key():
-    with pytest.raises(LmforgeError, match="'model.n_layer' expects int"):
+    with pytest.raises(LmforgeError, match=r"'model\.n_layer' expects int"):
         from_dict(ModelConfig, {"n_layer": "four"}, prefix="model.")
-    with pytest.raises(LmforgeError, match="'model.norm' is 'batchnorm'; choose one of layernorm, rmsnorm"):
+    with pytest.raises(LmforgeError, match=r"'model\.norm' is 'batchnorm'; choose one of layernorm, rmsnorm"):
         from_dict(ModelConfig, {"norm": "batchnorm"}, prefix="model.")
 
 
@@ -40,7 +45,7 @@ def test_invalid_values_are_one_line_errors():
 def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(LmforgeError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(LmforgeError, match=r"bad\.yaml: not valid YAML"):
         load_yaml(bad)
     with pytest.raises(LmforgeError, match="config file not found"):
         load_yaml(tmp_path / "missing.yaml")

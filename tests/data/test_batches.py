@@ -43,7 +43,7 @@ def test_ranks_read_disjoint_slices_of_the_global_batch():
 
 
 def test_too_little_data_is_a_clear_error():
-    with pytest.raises(LmforgeError, match="lower --train.batch_size"):
+    with pytest.raises(LmforgeError, match=r"lower \-\-train\.batch_size"):
         CausalLMBatches(np.arange(50, dtype=np.uint16), 16, 8)
 
 

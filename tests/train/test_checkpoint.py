@@ -51,7 +51,9 @@ def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):
     torch.manual_seed(0)
     model = Tied()
     opt = _opt_with_state(model)
-    ckpt.write_checkpoint(tmp_path, 5, model, opt, {"sampler": {"epoch": 1, "position": 8}}, device=torch.device("cpu"))
+    ckpt.write_checkpoint(
+        tmp_path, 5, model, opt, {"sampler": {"epoch": 1, "position": 8}}, device=torch.device("cpu")
+    )
     expected_rand = torch.rand(3)
     model2 = Tied()
     opt2 = torch.optim.AdamW(model2.parameters(), lr=0.1, fused=True)
@@ -70,11 +72,13 @@ def test_damaged_latest_falls_back_without_deleting(tmp_path):
     model = Tied()
     opt = _opt_with_state(model)
     for step in (1, 2):
-        ckpt.write_checkpoint(tmp_path, step, model, opt, {"sampler": {}}, device=torch.device("cpu"), keep_last=3)
+        ckpt.write_checkpoint(
+            tmp_path, step, model, opt, {"sampler": {}}, device=torch.device("cpu"), keep_last=3
+        )
     damaged = tmp_path / "step_00000002" / "optimizer.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:-8])
     with pytest.warns(UserWarning, match="checksum mismatch"):
-        path, meta = ckpt.find_resumable(tmp_path)
+        _path, meta = ckpt.find_resumable(tmp_path)
     assert meta["step"] == 1 and damaged.exists()
     assert json.loads((tmp_path / "latest.json").read_text())["step"] == 2
 

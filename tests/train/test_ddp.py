@@ -47,14 +47,20 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "single"), "8"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, str(script), str(tmp_path / "single"), "8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert single.returncode == 0, single.stderr[-3000:]
 
     from lmforge.models import build_model
     from lmforge.models.config import ModelConfig
 
-    a, b = (build_model(ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, max_len=16)) for _ in range(2))
+    a, b = (
+        build_model(ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, max_len=16)) for _ in range(2)
+    )
     load_weights(a, tmp_path / "ddp" / "train_state" / "step_00000006" / "model.safetensors")
     load_weights(b, tmp_path / "single" / "train_state" / "step_00000006" / "model.safetensors")
     for p1, p2 in zip(a.parameters(), b.parameters()):

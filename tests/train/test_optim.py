@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -13,7 +15,9 @@ def test_schedules_warm_up_then_reach_the_floor():
         assert lr_at(9, cfg) == pytest.approx(1.0)
         assert lr_at(100, cfg) == pytest.approx(0.1)
         lrs = [lr_at(s, cfg) for s in range(10, 101)]
-        assert all(a >= b - 1e-12 for a, b in zip(lrs, lrs[1:])), schedule  # never increases after warmup
+        assert all(a >= b - 1e-12 for a, b in itertools.pairwise(lrs)), (
+            schedule
+        )  # never increases after warmup
     wsd = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, schedule="wsd", decay_ratio=0.2)
     assert lr_at(80, wsd) == pytest.approx(1.0)  # still stable before the last 20%
     assert lr_at(50, TrainConfig(max_steps=100, warmup_steps=0, lr=1.0, schedule="constant")) == 1.0

@@ -28,7 +28,9 @@ def _tokens(n=6000, seed=0):
 
 def _trainer(run_dir, steps, *, dropout=0.1, **train_kw):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=32, max_len=16, dropout=dropout))
+    model = build_model(
+        ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=32, max_len=16, dropout=dropout)
+    )
     settings = dict(
         max_steps=steps, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, log_every=2, eval_every=4,
         eval_batches=2, save_every=3, progress=False, tensorboard=False, plot=False,
@@ -105,7 +107,10 @@ def test_nan_steps_are_skipped_then_stop(tmp_path):
         return (loss * float("nan") if calls["n"] >= 8 else loss), m
 
     t.objective = nan_from_step_8
-    with pytest.warns(UserWarning, match="skipped .* non-finite"), pytest.raises(LmforgeError, match="NaN/inf for"):
+    with (
+        pytest.warns(UserWarning, match="skipped .* non-finite"),
+        pytest.raises(LmforgeError, match="NaN/inf for"),
+    ):
         t.fit()
     # Every step from 8 on was skipped: the weights are exactly those checkpointed after step 7.
     at_step_7 = _trainer(tmp_path / "other", 1).model
