@@ -39,7 +39,9 @@ def _emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> No
 
 def _fmt(d: dict[str, Any]) -> str:
     def show(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:.3e}" if abs(v) >= 1e6 else f"{v:.4f}"
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
     width = max(len(k) for k in d)
     return "\n".join(f"  {k:<{width}}  {show(v)}" for k, v in d.items())
@@ -53,7 +55,7 @@ def cmd_tokenizer_train(ns: argparse.Namespace, rest: list[str]) -> None:
 
     tok = train_tokenizer(
         ns.data, kind=ns.kind, vocab_size=ns.vocab_size, out=ns.out, min_frequency=ns.min_frequency,
-        lowercase=ns.lowercase, txt_unit=ns.txt_unit, text_field=ns.text_field,
+        lowercase=ns.lowercase, txt_unit=ns.txt_unit, text_field=ns.text_field, show_progress=sys.stderr.isatty(),
     )  # fmt: skip
     result = {
         "out": ns.out,

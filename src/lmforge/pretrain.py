@@ -9,6 +9,7 @@ a first run needs no download.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,7 +107,7 @@ def _prepare_data(cfg: PretrainConfig, run_dir: Path, is_main: bool, barrier) ->
             print(f"training a {t.kind} tokenizer (vocab {t.vocab_size}) on {source}", flush=True)
             tok = train_tokenizer(
                 source, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
-                lowercase=t.lowercase, clean=prep.clean, **common,
+                lowercase=t.lowercase, clean=prep.clean, show_progress=sys.stderr.isatty(), **common,
             )  # fmt: skip
         prepare(
             source,
@@ -231,7 +232,7 @@ def run_pretraining(
         result = trainer.fit(resume=resume)
         if info.is_main and sample_prompt is not None:
             from lmforge.infer.generate import GenerationConfig, generate
-            from lmforge.train.checkpoint import load_weights
+            from lmforge.models.weights import load_weights
 
             load_weights(model, run_dir / "model.safetensors")  # the weights users get: best validation loss
             model.eval()

@@ -68,8 +68,8 @@ def check_vocab(model_cfg: ModelConfig, tokenizer: Any, where: str) -> None:
 def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: str | None = None) -> LM:
     """Load a run directory (or any folder with config.yaml + tokenizer.json + model.safetensors)."""
     from lmforge.models import build_model
+    from lmforge.models.weights import load_weights
     from lmforge.tokenizer import Tokenizer
-    from lmforge.train.checkpoint import load_weights
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -99,7 +99,7 @@ def write_run(
 ) -> Path:
     """Write a self-contained run directory (used by import and by training)."""
     from lmforge.config import to_dict
-    from lmforge.train.checkpoint import save_weights
+    from lmforge.models.weights import save_weights
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from lmforge.train.checkpoint import load_weights
+from lmforge.models.weights import load_weights
 
 SCRIPT = textwrap.dedent(
     """

@@ -94,7 +94,7 @@ def test_metrics_rows_and_loss_falls(tmp_path):
 
 
 def test_nan_steps_are_skipped_then_stop(tmp_path):
-    from lmforge.train.checkpoint import load_weights
+    from lmforge.models.weights import load_weights
 
     t = _trainer(tmp_path, 30, dropout=0.0, max_nan_steps=3, eval_every=0, save_every=7)
     calls = {"n": 0}

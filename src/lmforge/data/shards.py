@@ -307,9 +307,11 @@ def _sources(data: Any) -> list[str]:
 def _progress(show: bool) -> Any:
     from tqdm.auto import tqdm
 
+    # A bar only on a terminal: in logs and CI, carriage-return updates are noise.
     return tqdm(
-        desc="prepare", unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, disable=not show
-    )
+        desc="prepare", unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
+        disable=not (show and sys.stderr.isatty()),
+    )  # fmt: skip
 
 
 def _batches(

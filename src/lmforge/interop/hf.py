@@ -24,7 +24,8 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
-from lmforge.models.transformer import Transformer, load_state_dict_from_save, state_dict_for_save
+from lmforge.models.transformer import Transformer
+from lmforge.models.weights import load_tensors, weights_for_save
 from lmforge.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 # Our activation name <-> GPT-2's `activation_function`. "gelu_new" is GPT-2's tanh approximation.
@@ -232,7 +233,7 @@ def export_hf(model: Transformer, tokenizer: Any, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    sd = {k: v.detach().cpu() for k, v in state_dict_for_save(model).items()}
+    sd = {k: v.cpu() for k, v in weights_for_save(model).items()}
     hf_sd = _to_gpt2(sd, cfg) if layout == "gpt2" else _to_llama(sd, cfg)
     # safetensors wants each tensor contiguous and owning its memory (no views of the fused qkv).
     hf_sd = {k: v.clone(memory_format=torch.contiguous_format) for k, v in hf_sd.items()}
@@ -513,7 +514,7 @@ def import_hf(hf_dir: str | Path) -> tuple[Transformer, Any]:
             "incomplete or its config does not match it"
         ) from None
     model = Transformer(cfg)
-    load_state_dict_from_save(model, sd)
+    load_tensors(model, sd, str(d))
     tokenizer = _read_tokenizer(d, model_type)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise LmforgeError(

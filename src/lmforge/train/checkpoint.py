@@ -5,7 +5,7 @@ Layout of a run directory's `train_state/`:
     train_state/
       latest.json                 {"step": N, "dir": "step_00000N"}; replaced atomically last
       step_00000N/
-        model.safetensors         fp32 weights (tied duplicates stored once)
+        model.safetensors         fp32 weights (lmforge.models.weights: tied duplicates stored once)
         optimizer.safetensors     every optimizer state tensor, keyed "state.<param>.<name>"
         rng.rank<R>.safetensors   each rank's torch (and CUDA) RNG state
         state.json                step, sampler position, best val loss, optimizer hyper-parameters,
@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.utils.io import atomic_path, atomic_write_json, read_json
-
-ALIASES_KEY = "lmforge.aliases"
+from lmforge.models.weights import load_weights, read_safetensors, weights_for_save
+from lmforge.utils.io import atomic_write_json, read_json
 
 
 def sha256_file(path: Path) -> str:
@@ -42,83 +40,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------- model weights
-
-
-def weights_for_save(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict with each shared tensor stored once, plus {alias: stored_name} for the rest.
-
-    safetensors refuses tensors that share memory (tied embeddings do), so the duplicate is
-    dropped and recorded as an alias that `load_weights` fills back in.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().contiguous()
-    return tensors, aliases
-
-
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    tensors, aliases = weights_for_save(model)
-    meta = {"format": "pt", ALIASES_KEY: json.dumps(aliases), **(metadata or {})}
-    with atomic_path(path) as tmp:
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-
-
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; a missing or damaged file is a one-line error."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise LmforgeError(f"{path}: file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise LmforgeError(
-            f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]}); "
-            "restore it from a backup or resume from an earlier checkpoint in train_state/"
-        ) from None
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load weights strictly; any key or shape disagreement names the key and both shapes."""
-    tensors, meta = read_safetensors(path)
-    aliases = json.loads(meta.get(ALIASES_KEY, "{}"))
-    for alias, target in aliases.items():
-        if target in tensors:
-            tensors[alias] = tensors[target]
-    load_state_checked(model, tensors, str(path))
-
-
-def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
-    expected = model.state_dict()
-    for k, v in expected.items():
-        if k not in tensors:
-            raise LmforgeError(
-                f"{where}: missing weight '{k}' {tuple(v.shape)}; this checkpoint was made with a different model config"
-            )
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise LmforgeError(
-                f"{where}: weight '{k}' has shape {tuple(tensors[k].shape)} but the model expects {tuple(v.shape)}; "
-                "this checkpoint was made with a different model config (check config.yaml's model section)"
-            )
-    extra = [k for k in tensors if k not in expected]
-    if extra:
-        raise LmforgeError(
-            f"{where}: unexpected weight '{extra[0]}'; this checkpoint was made with a different model config"
-        )
-    model.load_state_dict(tensors, strict=True)
 
 
 # ---------------------------------------------------------------- optimizer
@@ -201,11 +122,10 @@ def write_checkpoint(
     if barrier:
         barrier()
     if rank == 0:
-        tensors, aliases = weights_for_save(model)
         save_file(
-            {k: v.cpu() for k, v in tensors.items()},
+            {k: v.cpu().contiguous() for k, v in weights_for_save(model).items()},
             str(tmp / "model.safetensors"),
-            metadata={"format": "pt", ALIASES_KEY: json.dumps(aliases)},
+            metadata={"format": "pt"},
         )
         opt_tensors, groups = optimizer_for_save(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -291,8 +211,8 @@ def load_checkpoint(
     rank: int = 0,
 ) -> None:
     load_weights(model, ckpt / "model.safetensors")
-    opt_tensors, _ = read_safetensors(ckpt / "optimizer.safetensors")
+    opt_tensors = read_safetensors(ckpt / "optimizer.safetensors")
     optimizer_from_saved(optimizer, opt_tensors, meta["optimizer_param_groups"])
     rng_file = ckpt / f"rng.rank{rank}.safetensors"
     if rng_file.is_file():
-        restore_rng(read_safetensors(rng_file)[0], device)
+        restore_rng(read_safetensors(rng_file), device)

@@ -28,6 +28,7 @@ from torch import nn
 
 from lmforge.data.batches import CausalLMBatches, eval_windows
 from lmforge.errors import LmforgeError
+from lmforge.models.weights import save_weights
 from lmforge.objectives.clm import clm_loss
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import TrainConfig
@@ -153,7 +154,7 @@ class Trainer:
         )  # fmt: skip
         if self.dist.is_main and self.best_step is None:
             # No evaluation yet: the run's weights are the latest ones.
-            ckpt.save_weights(self.model, self.run_dir / "model.safetensors")
+            save_weights(self.model, self.run_dir / "model.safetensors")
 
     # ------------------------------------------------------------ evaluation
 
@@ -187,7 +188,7 @@ class Trainer:
         if val < self.best_val:
             self.best_val, self.best_step, self.evals_without_improvement = val, self.step, 0
             if self.dist.is_main:
-                ckpt.save_weights(self.model, self.run_dir / "model.safetensors")
+                save_weights(self.model, self.run_dir / "model.safetensors")
         else:
             self.evals_without_improvement += 1
         patience = self.cfg.early_stopping_patience

@@ -1,0 +1,98 @@
+"""Model weights in safetensors: the one way every part of lmforge saves and loads them.
+
+Works for any nn.Module (the Transformer, and the baselines and heads to come):
+- tensors that share storage (tied embeddings) are stored once, under their first name; loading
+  fills the other names from the model's own ties, so no alias table is needed in the file;
+- torch.compile and DDP wrappers are looked through, so keys never carry `_orig_mod.`/`module.`;
+- loading is strict and explains itself: the first missing, unexpected or mis-shaped key is named
+  with both shapes, because a mismatch means the file belongs to another model config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from lmforge.errors import LmforgeError
+from lmforge.utils.io import atomic_path
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside torch.compile / DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def weights_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with each shared storage kept once (safetensors refuses aliases)."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    for name, t in unwrap(model).state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = t.detach()
+    return tensors
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's weights atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.cpu().contiguous() for k, v in weights_for_save(model).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a missing or damaged file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmforgeError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise LmforgeError(
+            f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]}); "
+            "restore it from a backup or resume from an earlier checkpoint in train_state/"
+        ) from None
+
+
+def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Load `tensors` (as `weights_for_save` makes them) into `model`, strictly."""
+    model = unwrap(model)
+    expected = weights_for_save(model)
+    for key, want in expected.items():
+        if key not in tensors:
+            raise LmforgeError(
+                f"{where}: missing weight '{key}' {tuple(want.shape)}; "
+                "this checkpoint was made with a different model config"
+            )
+        if tuple(tensors[key].shape) != tuple(want.shape):
+            raise LmforgeError(
+                f"{where}: weight '{key}' has shape {tuple(tensors[key].shape)} but the model expects "
+                f"{tuple(want.shape)}; this checkpoint was made with a different model config"
+            )
+    all_names = set(model.state_dict())
+    extra = [k for k in tensors if k not in expected and k not in all_names]
+    if extra:
+        raise LmforgeError(
+            f"{where}: unexpected weight '{extra[0]}'; this checkpoint was made with a different model config"
+        )
+    # Every stored tensor is checked; the tied names not stored are filled through their ties.
+    model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a safetensors file written by `save_weights` into `model`, strictly."""
+    load_tensors(model, read_safetensors(path), str(path))
