@@ -357,8 +357,15 @@ def test_interrupted_prepare_leaves_nothing_that_looks_valid(
 
 
 def test_rerun_replaces_shards_but_never_other_files(
-    built: tuple[Path, Path], tok: Tokenizer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    built: tuple[Path, Path],
+    tok: Tokenizer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is drawn on terminals only
     corpus, _ = built
     out = tmp_path / "shards"
     prepare(corpus, tok, out, val_fraction=0.2, show_progress=False)
