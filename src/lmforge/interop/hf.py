@@ -134,30 +134,38 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _to_gpt2(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our tensors -> GPT2LMHeadModel's. Conv1D weights are (in, out), hence the transposes."""
-    out = {
-        "transformer.wte.weight": sd["tok_emb.weight"],
-        "transformer.wpe.weight": sd["pos_emb.weight"],
-        "transformer.ln_f.weight": sd["norm_f.weight"],
-        "transformer.ln_f.bias": sd["norm_f.bias"],
-    }
+def _gpt2_names(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
+    """(our name, GPT2LMHeadModel's name, transposed?) for every tensor: one table, both directions.
+
+    GPT-2's Conv1D layers store their weights as (in, out), the transpose of nn.Linear's.
+    """
+    names = [
+        ("tok_emb.weight", "transformer.wte.weight", False),
+        ("pos_emb.weight", "transformer.wpe.weight", False),
+        ("norm_f.weight", "transformer.ln_f.weight", False),
+        ("norm_f.bias", "transformer.ln_f.bias", False),
+    ]
     for i in range(cfg.n_layer):
         ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
         for a, b in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            out[f"{hf}{b}.weight"] = sd[f"{ours}{a}.weight"]
-            out[f"{hf}{b}.bias"] = sd[f"{ours}{a}.bias"]
-        for a, b in (
-            ("attn.qkv", "attn.c_attn"),
-            ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"),
-            ("mlp.proj", "mlp.c_proj"),
-        ):
-            out[f"{hf}{b}.weight"] = sd[f"{ours}{a}.weight"].t()
-            out[f"{hf}{b}.bias"] = sd[f"{ours}{a}.bias"]
+            names += [
+                (f"{ours}{a}.weight", f"{hf}{b}.weight", False),
+                (f"{ours}{a}.bias", f"{hf}{b}.bias", False),
+            ]
+        for a, b in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
+                     ("mlp.proj", "mlp.c_proj")):  # fmt: skip
+            names += [
+                (f"{ours}{a}.weight", f"{hf}{b}.weight", True),
+                (f"{ours}{a}.bias", f"{hf}{b}.bias", False),
+            ]
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
+        names.append(("lm_head.weight", "lm_head.weight", False))
+    return names
+
+
+def _to_gpt2(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our tensors -> GPT2LMHeadModel's."""
+    return {hf: sd[ours].t() if t else sd[ours] for ours, hf, t in _gpt2_names(cfg)}
 
 
 def _to_llama(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -382,29 +390,8 @@ def _llama_model_config(c: dict[str, Any], where: Path) -> ModelConfig:
 
 def _from_gpt2(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """GPT2LMHeadModel's tensors -> ours (checkpoints come with or without the `transformer.` prefix)."""
-    hf = _strip(hf, "transformer.")
-    sd = {
-        "tok_emb.weight": hf["wte.weight"],
-        "pos_emb.weight": hf["wpe.weight"],
-        "norm_f.weight": hf["ln_f.weight"],
-        "norm_f.bias": hf["ln_f.bias"],
-    }
-    for i in range(cfg.n_layer):
-        ours, p = f"blocks.{i}.", f"h.{i}."
-        for a, b in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            sd[f"{ours}{a}.weight"] = hf[f"{p}{b}.weight"]
-            sd[f"{ours}{a}.bias"] = hf[f"{p}{b}.bias"]
-        for a, b in (
-            ("attn.qkv", "attn.c_attn"),
-            ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"),
-            ("mlp.proj", "mlp.c_proj"),
-        ):
-            sd[f"{ours}{a}.weight"] = hf[f"{p}{b}.weight"].t()
-            sd[f"{ours}{a}.bias"] = hf[f"{p}{b}.bias"]
-    if not cfg.tie_embeddings:
-        sd["lm_head.weight"] = hf["lm_head.weight"]
-    return sd
+    hf = {k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}": v for k, v in hf.items()}
+    return {ours: hf[name].t() if t else hf[name] for ours, name, t in _gpt2_names(cfg)}
 
 
 def _from_llama(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
