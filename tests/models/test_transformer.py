@@ -14,9 +14,8 @@ from lmforge.models import (
     ModelConfig,
     Transformer,
     build_model,
-    load_state_dict_from_save,
-    state_dict_for_save,
 )
+from lmforge.models.weights import load_tensors, weights_for_save
 
 GPT2 = dict(vocab_size=64, n_layer=2, n_head=4, d_model=32, max_len=24)
 LLAMA = dict(
@@ -32,7 +31,7 @@ def model(layout: str = "gpt2", **kw) -> Transformer:
 
 
 def test_parameter_names_are_stable():
-    gpt2 = set(state_dict_for_save(model("gpt2")))
+    gpt2 = set(weights_for_save(model("gpt2")))
     assert {
         "tok_emb.weight",
         "pos_emb.weight",
@@ -46,7 +45,7 @@ def test_parameter_names_are_stable():
         "norm_f.weight",
     } <= gpt2
     assert "lm_head.weight" not in gpt2  # tied: saved once, as tok_emb.weight
-    llama = set(state_dict_for_save(model("llama")))
+    llama = set(weights_for_save(model("llama")))
     assert {
         "blocks.0.mlp.gate.weight",
         "blocks.0.mlp.up.weight",
@@ -154,9 +153,9 @@ def test_dropout_only_in_training():
 @pytest.mark.parametrize("layout", ["gpt2", "llama"])
 def test_safetensors_round_trip(tmp_path, layout):
     m = model(layout)
-    save_file(state_dict_for_save(m), str(tmp_path / "model.safetensors"))
+    save_file(weights_for_save(m), str(tmp_path / "model.safetensors"))
     fresh = build_model(m.config)
-    load_state_dict_from_save(fresh, load_file(str(tmp_path / "model.safetensors")))
+    load_tensors(fresh, load_file(str(tmp_path / "model.safetensors")), "test")
     idx = torch.randint(0, 64, (1, 8))
     torch.testing.assert_close(fresh.eval()(idx), m(idx))
     if m.config.tie_embeddings:
@@ -165,18 +164,16 @@ def test_safetensors_round_trip(tmp_path, layout):
 
 def test_strict_loading_names_the_offender():
     m = model()
-    sd = state_dict_for_save(m)
+    sd = weights_for_save(m)
     missing = {k: v for k, v in sd.items() if k != "norm_f.bias"}
+    with pytest.raises(LmforgeError, match=r"missing weight 'norm_f\.bias' \(32,\).*different model config"):
+        load_tensors(m, missing, "test")
+    with pytest.raises(LmforgeError, match=r"unexpected weight 'extra\.weight'"):
+        load_tensors(m, {**sd, "extra.weight": torch.zeros(2)}, "test")
+    bigger = weights_for_save(model(vocab_size=128))
     with pytest.raises(
-        LmforgeError, match=r"missing 'norm_f.bias' \(model expects shape \(32,\)\).*different model config"
+        LmforgeError, match=r"'tok_emb\.weight' has shape \(128, 32\) but the model expects \(64, 32\)"
     ):
-        load_state_dict_from_save(m, missing)
-    with pytest.raises(LmforgeError, match=r"unexpected tensor 'extra.weight' \(shape \(2,\)"):
-        load_state_dict_from_save(m, {**sd, "extra.weight": torch.zeros(2)})
-    bigger = state_dict_for_save(model(vocab_size=128))
-    with pytest.raises(
-        LmforgeError, match=r"'tok_emb.weight' has shape \(128, 32\) but the model expects \(64, 32\)"
-    ):
-        load_state_dict_from_save(m, bigger)
-    with pytest.raises(LmforgeError, match=r"unexpected tensor 'lm_head\.weight'"):
-        load_state_dict_from_save(m, state_dict_for_save(model(tie_embeddings=False)))
+        load_tensors(m, bigger, "test")
+    with pytest.raises(LmforgeError, match=r"unexpected weight 'lm_head\.weight'"):
+        load_tensors(m, weights_for_save(model(tie_embeddings=False)), "test")

@@ -5,8 +5,6 @@ from lmforge.models.layers import KVCache
 from lmforge.models.transformer import (
     Transformer,
     build_model,
-    load_state_dict_from_save,
-    state_dict_for_save,
 )
 
 __all__ = [
@@ -14,6 +12,4 @@ __all__ = [
     "ModelConfig",
     "Transformer",
     "build_model",
-    "load_state_dict_from_save",
-    "state_dict_for_save",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import FunctionCtx
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
@@ -191,13 +192,19 @@ class Attention(nn.Module):
         """
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
-        q, k, v = qkv.transpose(1, 2).split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
-        # q: (B, n_head, T, head_dim); k, v: (B, n_kv_head, T, head_dim)
+        # Split along the heads axis before moving heads in front of time: in the backward pass the
+        # three gradients are then concatenated straight into the (B, T, heads, head_dim) layout
+        # the qkv Linear needs, rather than concatenated and copied once more to undo a transpose.
+        q, k, v = qkv.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        # q: (B, n_head, T, head_dim); k, v: (B, n_kv_head, T, head_dim), views of qkv (no copies)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_head, S, head_dim), S = past + T
         y = self._attend(q, k, v, causal=causal, attn_mask=attn_mask)  # (B, n_head, T, head_dim)
+        # SDPA's fused kernels lay their output out as (B, T, n_head, head_dim) already, so this
+        # reshape is a view, not a copy.
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*head_dim)
         return self.resid_drop(self.proj(y))
 
@@ -308,6 +315,115 @@ class Block(nn.Module):
         return self.norm2(x + self.mlp(x))
 
 
+# ----------------------------------------------------------------------------------------------
+# LM head fused with the loss
+
+
+def linear_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """`F.cross_entropy(x @ weight.T, targets)` without ever holding the (N, vocab) logits.
+
+    x (N, d) are the final hidden states, weight (vocab, d) the LM head, targets (N,) token ids;
+    the result is the mean over targets != ignore_index, like `F.cross_entropy`'s. With a
+    vocabulary of thousands the logits are a small model's largest activation, and the unfused
+    loss walks over them several times (log-softmax, the one-hot scatter, the log-softmax
+    gradient), each time through main memory. Here the logits of `chunk_rows` rows at a time
+    (default: 16 MB of float32, at least 256 rows) are computed, reduced to their loss and, when
+    training, turned into their gradient on the spot while still in cache, then folded into the
+    gradients of x and weight. The backward pass only rescales those: no logits are stored.
+
+    Softmax statistics are taken in float32 whatever the precision; under autocast the matmuls run
+    in the autocast dtype, as `lm_head` would.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(x, weight, targets, ignore_index, chunk_rows)
+    return _linear_cross_entropy(x, weight, targets, ignore_index, chunk_rows, with_grads=False)[0]
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Autograd wrapper of `_linear_cross_entropy`: gradients made in forward, scaled in backward."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        ignore_index: int,
+        chunk_rows: int | None,
+    ) -> torch.Tensor:
+        loss, count, grad_x, grad_w = _linear_cross_entropy(
+            x, weight, targets, ignore_index, chunk_rows, with_grads=True
+        )
+        ctx.save_for_backward(grad_x, grad_w, count)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: FunctionCtx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_x, grad_w, count = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        scale = grad_loss.float() / count  # the mean's 1/count, applied here (see below)
+        return (grad_x * scale).to(x_dtype), (grad_w * scale).to(w_dtype), None, None, None
+
+
+def _linear_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    chunk_rows: int | None,
+    *,
+    with_grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(mean loss, number of counted targets, and with_grads the gradients of the *summed* loss
+    with respect to x and weight).
+
+    The gradients are left unscaled by 1/count so that, in float16, the per-logit gradients
+    (softmax - one_hot, at most 1 in size) do not underflow before the loss scale is applied.
+    """
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    x, w = x.to(dtype), weight.to(dtype)
+    # The x gradient (grad @ w) reads w through a transposed copy: the same speed for float32 BLAS,
+    # but on CPUs without native bf16, PyTorch's bf16 matmul is only fast when exactly one operand
+    # is transposed (about 20x faster for this product).
+    w_t = w.t().contiguous() if with_grads else None
+    chunk_rows = chunk_rows or max(256, (1 << 22) // w.size(0))
+    ignored = targets == ignore_index
+    count = (~ignored).sum()
+    counted = (~ignored).unsqueeze(1).float()  # (N, 1): 1 for rows with a target, 0 for ignored ones
+    targets = targets.masked_fill(ignored, 0).unsqueeze(1)  # (N, 1); ignored rows read logit 0, weighted 0
+    loss_sum = torch.zeros((), device=x.device)
+    grad_x = torch.empty_like(x) if with_grads else None
+    grad_w = torch.zeros_like(w, dtype=torch.float32) if with_grads else None
+    for start in range(0, x.size(0), chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        logits = (x[rows] @ w.t()).float()  # (rows, vocab); softmax statistics in float32
+        # loss = logsumexp(logits) - logits[target]; one exp pass serves both it and the softmax.
+        target_logit = logits.gather(1, targets[rows])
+        peak = logits.amax(1, keepdim=True)
+        exp_sum = logits.sub_(peak).exp_().sum(1, keepdim=True)  # logits now hold exp(logits - peak)
+        loss_sum += ((exp_sum.log() + peak - target_logit) * counted[rows]).sum()
+        if with_grads:
+            # d loss / d logits = softmax - one_hot(target), zero on ignored rows.
+            grad = logits.mul_(counted[rows] / exp_sum)
+            grad = grad.scatter_add_(1, targets[rows], -counted[rows]).to(dtype)
+            torch.mm(grad, w_t.t(), out=grad_x[rows])
+            if grad_w.dtype == dtype:  # float32: accumulate in place
+                grad_w.addmm_(grad.t(), x[rows])
+            else:  # bf16/fp16 products, accumulated in float32
+                grad_w += grad.t() @ x[rows]
+    return loss_sum / count, count, grad_x, grad_w
+
+
 def check_length(length: int, max_len: int) -> None:
     """Refuse sequences the position tables (or the KV cache) were not built for."""
     if length > max_len:
@@ -326,6 +442,7 @@ __all__ = [
     "RotaryEmbedding",
     "apply_rope",
     "check_length",
+    "linear_cross_entropy",
     "make_norm",
     "rotate_half",
     "sinusoidal_table",

@@ -15,7 +15,15 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
-from lmforge.models.layers import Block, KVCache, RotaryEmbedding, check_length, make_norm, sinusoidal_table
+from lmforge.models.layers import (
+    Block,
+    KVCache,
+    RotaryEmbedding,
+    check_length,
+    linear_cross_entropy,
+    make_norm,
+    sinusoidal_table,
+)
 
 
 class Transformer(nn.Module):
@@ -65,11 +73,17 @@ class Transformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
-    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, *, cache: KVCache | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size).
 
         With a `cache`, idx holds the positions after the cached ones (a prompt, then one token
         per step); their keys/values are appended and `cache.length` advances by T.
+
+        With `targets` (B, T) token ids (-100 = ignore), returns instead the mean cross-entropy of
+        the predictions against them, from an LM head fused with the loss that never holds the
+        (B, T, vocab_size) logits: less memory, and the fastest way to train (`clm_loss` uses it).
         """
         T = idx.size(1)
         start = cache.length if cache is not None else 0
@@ -91,10 +105,12 @@ class Transformer(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope=rope, causal=True, cache=cache)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
+        x = self.norm_f(x)
         if cache is not None:
             cache.length += T
-        return logits
+        if targets is not None:
+            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return self.lm_head(x)  # (B, T, vocab_size)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (a tied embedding counted once).
@@ -151,61 +167,3 @@ class Transformer(nn.Module):
 def build_model(cfg: ModelConfig) -> Transformer:
     """The model described by `cfg` (randomly initialised, on the CPU, in float32)."""
     return Transformer(cfg)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoint state dicts
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside torch.compile / DistributedDataParallel wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
-
-
-def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors keyed by their stable names, ready for safetensors.
-
-    safetensors refuses two names for one storage, so with tied embeddings the duplicate
-    `lm_head.weight` is dropped (loading re-ties it). Compile/DDP wrappers are looked through.
-    """
-    model = _unwrap(model)
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
-        sd.pop("lm_head.weight", None)
-    return sd
-
-
-def load_state_dict_from_save(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """Load tensors saved by `state_dict_for_save` into `model`, strictly.
-
-    Every expected key must be present with the expected shape and nothing else may be there; the
-    first offender is reported, since a mismatch means the checkpoint belongs to another config.
-    """
-    model = _unwrap(model)
-    expected = state_dict_for_save(model)
-    for key, want in expected.items():
-        if key not in sd:
-            raise LmforgeError(
-                f"checkpoint is missing '{key}' (model expects shape {tuple(want.shape)}); "
-                "this checkpoint was made with a different model config"
-            )
-        if tuple(sd[key].shape) != tuple(want.shape):
-            raise LmforgeError(
-                f"checkpoint tensor '{key}' has shape {tuple(sd[key].shape)} but the model expects "
-                f"{tuple(want.shape)}; this checkpoint was made with a different model config"
-            )
-    for key, got in sd.items():
-        if key not in expected:
-            raise LmforgeError(
-                f"checkpoint has unexpected tensor '{key}' (shape {tuple(got.shape)}, model has none); "
-                "this checkpoint was made with a different model config"
-            )
-    # All keys are verified; strict=False only tolerates the tied `lm_head.weight`, which is
-    # loaded through `tok_emb.weight`.
-    model.load_state_dict(sd, strict=False)

@@ -83,14 +83,15 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: str)
                 f"{where}: weight '{key}' has shape {tuple(tensors[key].shape)} but the model expects "
                 f"{tuple(want.shape)}; this checkpoint was made with a different model config"
             )
-    all_names = set(model.state_dict())
-    extra = [k for k in tensors if k not in expected and k not in all_names]
+    # A tied name stored separately (say, an untied checkpoint's lm_head) would be dropped
+    # silently by the tie, so any name `weights_for_save` does not store is an error.
+    extra = [k for k in tensors if k not in expected]
     if extra:
         raise LmforgeError(
             f"{where}: unexpected weight '{extra[0]}'; this checkpoint was made with a different model config"
         )
     # Every stored tensor is checked; the tied names not stored are filled through their ties.
-    model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False)
+    model.load_state_dict(tensors, strict=False)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
