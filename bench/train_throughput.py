@@ -5,7 +5,7 @@ AdamW; ours through the real Trainer.train_step), alternating in rounds so that 
 hits both alike; eager and compiled pairs are timed one pair at a time. Tokens/s is the median
 over rounds, the ratio the median of the per-round ratios. Each round also times a large matmul
 in the same precision: the share of peak is training FLOPs/s (6N + 12*L*d*T per token) over the
-best matmul rate of the run. Also reported: the data loader's time as a share of a step, and
+median of those matmul rates. Also reported: the data loader's time as a share of a step, and
 peak memory (fp32, a fresh child process per model).
 
     python bench/train_throughput.py                       # fp32 and bf16
@@ -178,15 +178,23 @@ def compare(a: argparse.Namespace, precision: str, compiled: bool, device: torch
         for name, r in runners.items():
             tps[name].append(steps * tok_per_step / timed(r, steps, device))
         peaks.append(matmul_peak(precision, device, a.peak_size))
-    # The peak is the best the matmul did in any round: a share of it can only err on the low side.
     out: dict = {"precision": precision, "compiled": compiled, "rounds": rounds, "steps_per_round": steps,
-                 "peak_matmul_flops": max(peaks), "peak_matmul_flops_per_round": peaks}  # fmt: skip
+                 "flops_per_token": flops_tok, "peak_matmul_flops_per_round": peaks}  # fmt: skip
     for name, per_round in tps.items():
         out[f"{name}_tokens_per_s"] = statistics.median(per_round)
         out[f"{name}_tokens_per_s_per_round"] = per_round
-        out[f"{name}_share_of_peak"] = out[f"{name}_tokens_per_s"] * flops_tok / max(peaks)
     out["ratio"] = statistics.median(o / h for o, h in zip(tps["ours"], tps["hf"]))
     return out
+
+
+def add_shares(pairs: list[dict]) -> None:
+    """Share of peak for every pair of one precision, over the median of all their matmul timings
+    (one peak per precision, so eager and compiled shares compare)."""
+    peak = statistics.median(p for pair in pairs for p in pair["peak_matmul_flops_per_round"])
+    for pair in pairs:
+        pair["peak_matmul_flops"] = peak
+        for name in ("ours", "hf"):
+            pair[f"{name}_share_of_peak"] = pair[f"{name}_tokens_per_s"] * pair["flops_per_token"] / peak
 
 
 def loader_share(a: argparse.Namespace, step_s: float, device: torch.device, calls: int = 200) -> dict:
@@ -296,11 +304,14 @@ def main() -> None:
             print(
                 f"{prec}: this CPU has no native bf16; a step takes minutes, timing {a.slow_rounds} rounds of 1 step"
             )
+        pairs = []
         for compiled in (False, True) if a.compile else (False,):
-            key = prec + ("_compiled" if compiled else "")
-            results[key] = compare(a, prec, compiled, device)
-            print(report(results[key]), flush=True)
+            pairs.append(compare(a, prec, compiled, device))
+            results[prec + ("_compiled" if compiled else "")] = pairs[-1]
             gc.collect()  # the pair just timed is gone before the next pair is built
+        add_shares(pairs)
+        for pair in pairs:
+            print(report(pair), flush=True)
     first = results[precisions[0]]
     results["data_loader"] = loader_share(a, a.batch * a.seq_len / first["ours_tokens_per_s"], device)
     dl = results["data_loader"]
