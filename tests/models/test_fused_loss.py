@@ -1,0 +1,35 @@
+"""The LM head fused with the loss must equal logits -> F.cross_entropy, in value and gradient."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.models import build_model
+from lmforge.models.config import ModelConfig
+from lmforge.models.layers import linear_cross_entropy
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 3])
+def test_matches_cross_entropy_values_and_grads(chunk_rows):
+    torch.manual_seed(0)
+    x = torch.randn(10, 8, requires_grad=True)
+    w = torch.randn(50, 8, requires_grad=True)
+    y = torch.randint(0, 50, (10,))
+    y[2] = -100  # ignored target
+    ours = linear_cross_entropy(x, w, y, chunk_rows=chunk_rows)
+    gx, gw = torch.autograd.grad(ours, (x, w))
+    ref = F.cross_entropy(x @ w.t(), y, ignore_index=-100)
+    rx, rw = torch.autograd.grad(ref, (x, w))
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(x, w, y, chunk_rows=chunk_rows), ref)
+
+
+def test_model_with_targets_equals_loss_on_logits():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, max_len=8))
+    x, y = torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))
+    ref = F.cross_entropy(m(x).view(-1, 64), y.view(-1))
+    torch.testing.assert_close(m(x, targets=y), ref)
