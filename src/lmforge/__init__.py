@@ -8,6 +8,7 @@ The Python API mirrors the CLI one to one:
     lm = lmforge.load("runs/gpt")                                                # lm.model, lm.tokenizer, lm.config
     lmforge.evaluate("runs/gpt", "held_out.txt")                                 # lmforge eval
     lmforge.generate("runs/gpt", "The meaning of", max_new_tokens=50)            # lmforge generate
+    lmforge.fill_mask("runs/bert", "The capital of France is [MASK].")           # lmforge fill-mask
     lmforge.export_hf("runs/gpt", "out/hf_gpt"); lmforge.import_hf("hf_dir", "runs/imported")
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "__version__",
     "evaluate",
     "export_hf",
+    "fill_mask",
     "generate",
     "import_hf",
     "load",
@@ -54,17 +56,30 @@ def prepare(data: Any, tokenizer: Any, out: str | Path, **kwargs: Any) -> dict:
 
 
 def pretrain(config: Any = None, **kwargs: Any):
-    from lmforge.pretrain import pretrain as _pretrain
+    from lmforge.pretraining import pretrain as _pretrain
 
     return _pretrain(config, **kwargs)
 
 
 def evaluate(run: Any, data: Any, **kwargs: Any):
-    """Loss, perplexity and bits per byte of a run (path or loaded) on held-out text."""
+    """Scores of a run (path or loaded) on held-out text: loss, perplexity and bits per byte for a
+    causal LM; masked-token loss/accuracy and NSP/SOP accuracy for a masked-LM encoder."""
+    lm = load(run) if isinstance(run, (str, Path)) else run
+    if lm.model_config.arch == "encoder":
+        from lmforge.eval.masked import evaluate_masked
+
+        return evaluate_masked(lm, data, **kwargs)
     from lmforge.eval.perplexity import evaluate_lm
 
-    lm = load(run) if isinstance(run, (str, Path)) else run
     return evaluate_lm(lm, data, **kwargs)
+
+
+def fill_mask(run: Any, text: str, *, top_k: int = 5):
+    """For each [MASK] in `text`, the top_k predictions (token, token_id, score, text) of a masked-LM run."""
+    from lmforge.infer.fill_mask import fill_mask as _fill
+
+    lm = load(run) if isinstance(run, (str, Path)) else run
+    return _fill(lm.model, lm.tokenizer, text, top_k=top_k)
 
 
 def generate(run: Any, prompt: str, **options: Any) -> str:
@@ -77,18 +92,13 @@ def export_hf(run: Any, out: str | Path) -> Path:
     from lmforge.interop.hf import export_hf as _export
 
     lm = load(run) if isinstance(run, (str, Path)) else run
-    return _export(lm.model, lm.tokenizer, out)
+    return _export(
+        lm.model, lm.tokenizer, out, pair_head=lm.config.get("objective") in ("mlm+nsp", "mlm+sop")
+    )
 
 
 def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
-    from lmforge.interop.hf import import_hf as _import
-    from lmforge.run import write_run
+    """Import a Hugging Face GPT-2/Llama/Mistral/BERT directory as a run directory."""
+    from lmforge.interop.hf import import_run
 
-    model, tokenizer = _import(hf_dir)
-    return write_run(
-        run_dir,
-        model=model,
-        model_config=model.config,
-        tokenizer=tokenizer,
-        config={"imported_from": str(hf_dir)},
-    )
+    return import_run(hf_dir, run_dir)[1]

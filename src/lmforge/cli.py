@@ -24,9 +24,13 @@ EPILOG = """examples:
   lmforge pretrain --data shards/ --out runs/gpt --config configs/gpt-tiny.yaml --train.max_steps 2000
   lmforge pretrain --out runs/gpt --resume
   lmforge eval runs/gpt --data held_out.txt
+  lmforge pretrain --objective mlm+nsp --data corpus/ --out runs/bert --config configs/bert-tiny.yaml
+  lmforge fill-mask runs/bert "The capital of France is [MASK]."
   lmforge generate runs/gpt --prompt "The meaning of" --max_new_tokens 100 --temperature 0.8 --top_p 0.95
   lmforge export hf runs/gpt out/hf_gpt
   lmforge import hf some/hf_gpt2_dir runs/imported
+  lmforge ngram train --data train.txt --order 5 --smoothing modified-kneser-ney --out lm5.arpa
+  lmforge ngram eval lm5.arpa --data test.txt
 """
 
 
@@ -69,7 +73,7 @@ def cmd_tokenizer_train(ns: argparse.Namespace, rest: list[str]) -> None:
 def cmd_prepare(ns: argparse.Namespace, rest: list[str]) -> None:
     from lmforge.config import from_dict
     from lmforge.data.shards import prepare
-    from lmforge.pretrain import PrepConfig
+    from lmforge.pretraining import PrepConfig
 
     prep = from_dict(PrepConfig, namespace_overrides(ns, PrepConfig))
     manifest = prepare(
@@ -93,14 +97,18 @@ def cmd_prepare(ns: argparse.Namespace, rest: list[str]) -> None:
 
 
 def cmd_pretrain(ns: argparse.Namespace, rest: list[str]) -> None:
-    from lmforge.pretrain import PretrainConfig, pretrain
+    from lmforge.pretraining import PretrainConfig, pretrain
 
     overrides = namespace_overrides(ns, PretrainConfig)
     result = pretrain(ns.config, resume=ns.resume, sample_prompt=None if ns.json else ns.sample, **overrides)
     d = result.to_dict()
+    metrics = d.pop("val_metrics", None) or {}
     human = "training finished\n" + _fmt({k: v for k, v in d.items() if v is not None})
-    if result.val_ppl is not None:
+    if metrics:  # objectives other than causal LM report their own metrics; exp(loss) means nothing there
+        human += "\nvalidation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    elif result.val_ppl is not None:
         human += f"\nvalidation perplexity: {result.val_ppl:.2f}"
+    d["val_metrics"] = metrics or None
     _emit(d, ns.json, human)
 
 
@@ -110,15 +118,15 @@ def cmd_eval(ns: argparse.Namespace, rest: list[str]) -> None:
     from lmforge.train.parallel import resolve_device
 
     lm = load(ns.run, device=resolve_device(ns.device))
-    res = evaluate_lm(
-        lm,
-        ns.data,
-        batch_size=ns.batch_size,
-        stride=ns.stride,
-        txt_unit=ns.txt_unit,
-        text_field=ns.text_field,
-    )
-    _emit(res.to_dict(), ns.json, f"{ns.run} on {ns.data}\n" + _fmt(res.to_dict()))
+    common = {"batch_size": ns.batch_size, "txt_unit": ns.txt_unit, "text_field": ns.text_field}
+    if lm.model_config.arch == "encoder":
+        from lmforge.eval.masked import evaluate_masked
+
+        res = evaluate_masked(lm, ns.data, **common)
+    else:
+        res = evaluate_lm(lm, ns.data, stride=ns.stride, **common)
+    d = res.to_dict()
+    _emit(d, ns.json, f"{ns.run} on {ns.data}\n" + _fmt({k: v for k, v in d.items() if v is not None}))
 
 
 def cmd_generate(ns: argparse.Namespace, rest: list[str]) -> None:
@@ -143,31 +151,40 @@ def cmd_generate(ns: argparse.Namespace, rest: list[str]) -> None:
     _emit({"prompt": ns.prompt, "completion": text}, ns.json)
 
 
+def cmd_fill_mask(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.infer.fill_mask import fill_mask
+    from lmforge.run import load
+    from lmforge.train.parallel import resolve_device
+
+    lm = load(ns.run, device=resolve_device(ns.device))
+    results = fill_mask(lm.model, lm.tokenizer, ns.text, top_k=ns.top_k)
+    lines = []
+    for i, preds in enumerate(results):
+        if len(results) > 1:
+            lines.append(f"mask {i + 1}:")
+        lines += [f"  {p.score:7.2%}  {p.token:<15}  {p.text}" for p in preds]
+    payload = {"text": ns.text, "masks": [[p.to_dict() for p in preds] for preds in results]}
+    _emit(payload, ns.json, "\n".join(lines) if not ns.json else None)
+
+
 def cmd_export_hf(ns: argparse.Namespace, rest: list[str]) -> None:
     from lmforge.interop.hf import export_hf
     from lmforge.run import load
 
     lm = load(ns.run)
-    out = export_hf(lm.model, lm.tokenizer, ns.out)
-    _emit(
-        {"out": str(out)},
-        ns.json,
-        f"exported {ns.run} to {out} (load it with transformers' AutoModelForCausalLM)",
-    )
+    pair_head = lm.config.get("objective") in ("mlm+nsp", "mlm+sop")
+    out = export_hf(lm.model, lm.tokenizer, ns.out, pair_head=pair_head)
+    if lm.model_config.arch == "encoder":
+        auto = "BertForPreTraining" if pair_head else "AutoModelForMaskedLM"
+    else:
+        auto = "AutoModelForCausalLM"
+    _emit({"out": str(out)}, ns.json, f"exported {ns.run} to {out} (load it with transformers' {auto})")
 
 
 def cmd_import_hf(ns: argparse.Namespace, rest: list[str]) -> None:
-    from lmforge.interop.hf import import_hf
-    from lmforge.run import write_run
+    from lmforge.interop.hf import import_run
 
-    model, tokenizer = import_hf(ns.hf_dir)
-    write_run(
-        ns.run,
-        model=model,
-        model_config=model.config,
-        tokenizer=tokenizer,
-        config={"imported_from": str(ns.hf_dir)},
-    )
+    model, _ = import_run(ns.hf_dir, ns.run)
     n = model.num_params()
     _emit(
         {"run": ns.run, "parameters": n},
@@ -208,7 +225,7 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from lmforge.infer.generate import GenerationConfig
-    from lmforge.pretrain import PrepConfig, PretrainConfig
+    from lmforge.pretraining import PrepConfig, PretrainConfig
 
     parser = argparse.ArgumentParser(
         prog="lmforge",
@@ -273,10 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = new("eval", "loss, perplexity and bits per byte of a run on held-out text")
+    p = new(
+        "eval",
+        "score a run on held-out text: loss, perplexity and bits per byte (causal LM), or masked-token "
+        "loss/accuracy and NSP/SOP accuracy (masked LM)",
+    )
     p.add_argument("run", help="run directory")
     p.add_argument("--data", required=True, help="held-out text: files, directories, globs, .jsonl")
-    p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--batch_size", type=int, default=8, help="windows/examples per forward pass (default: 8)")
     p.add_argument(
         "--stride", type=int, default=None, help="sliding-window stride (default: the model's context)"
     )
@@ -300,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.set_defaults(func=cmd_generate)
 
+    p = new("fill-mask", "the most likely tokens for each [MASK] in a text (masked-LM runs)")
+    p.add_argument("run", help="run directory of a masked-LM run")
+    p.add_argument("text", help='text with one or more [MASK], e.g. "The capital of France is [MASK]."')
+    p.add_argument("--top_k", type=int, default=5, help="predictions per mask (default: 5)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _json_flag(p)
+    p.set_defaults(func=cmd_fill_mask)
+
     p = new("info", "parameters, FLOPs and config of a run")
     p.add_argument("run", help="run directory")
     _json_flag(p)
@@ -308,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp = new("export", "export a run to another framework")
     exp_sub = exp.add_subparsers(dest="fmt", metavar="<format>", required=True)
     p = exp_sub.add_parser(
-        "hf", help="Hugging Face transformers checkpoint (AutoModelForCausalLM)", allow_abbrev=False
+        "hf",
+        help="Hugging Face transformers checkpoint (GPT-2/Llama causal LM, or BERT for encoders)",
+        allow_abbrev=False,
     )
     p.add_argument("run", help="run directory")
     p.add_argument("out", help="output directory")
@@ -318,12 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp = new("import", "import a checkpoint from another framework as a run directory")
     imp_sub = imp.add_subparsers(dest="fmt", metavar="<format>", required=True)
     p = imp_sub.add_parser(
-        "hf", help="Hugging Face transformers causal-LM directory (GPT-2, Llama)", allow_abbrev=False
+        "hf", help="Hugging Face transformers directory (GPT-2, Llama, Mistral, BERT)", allow_abbrev=False
     )
     p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer files")
     p.add_argument("run", help="run directory to create")
     _json_flag(p)
     p.set_defaults(func=cmd_import_hf)
+
+    from lmforge.ngram.cli import add_ngram_commands
+
+    add_ngram_commands(new)
     return parser
 
 

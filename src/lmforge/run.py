@@ -77,7 +77,12 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
     model_cfg, data = model_config_of(run_dir)
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     check_vocab(model_cfg, tokenizer, str(run_dir / "tokenizer.json"))
-    model = build_model(model_cfg)
+    if data.get("objective") == "electra":  # generator + discriminator; `.discriminator` is the encoder
+        from lmforge.objectives.electra import build_electra
+
+        model = build_electra(model_cfg, data.get("electra"))
+    else:
+        model = build_model(model_cfg)
     weights_path = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights_path.is_file():
         raise LmforgeError(

@@ -237,8 +237,11 @@ def test_export_names_the_blocking_field(tmp_path, tokenizer, change, field):
 def test_import_errors(tmp_path, tokenizer):
     with pytest.raises(LmforgeError, match=r"config\.json: file not found"):
         import_hf(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    with pytest.raises(LmforgeError, match="model_type='t5' is not supported"):
+        import_hf(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(LmforgeError, match="model_type='bert' is not supported"):
+    with pytest.raises(LmforgeError, match="no 'vocab_size' entry, which a bert config needs"):
         import_hf(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
     with pytest.raises(LmforgeError, match="qwen2 has biases on q/k/v"):

@@ -1,12 +1,13 @@
-"""Hugging Face interop: export our models as GPT-2 / Llama checkpoints, import theirs.
+"""Hugging Face interop: export our models as GPT-2 / Llama / BERT checkpoints, import theirs.
 
-The two layouts map onto ours tensor for tensor:
+The layouts map onto ours tensor for tensor:
 
 * GPT-2 (pre-norm LayerNorm, learned positions, GELU, biases, multi-head) <-> `GPT2LMHeadModel`.
   GPT-2 stores its linear layers as `Conv1D`, whose weight is (in, out): the transpose of ours.
 * Llama (pre-norm RMSNorm, RoPE, SwiGLU, grouped-query heads) <-> `LlamaForCausalLM`; Mistral
   imports the same way. Our RoPE uses Llama's rotate-half layout, so q/k need no permutation; our
   fused qkv matrix is simply q_proj, k_proj and v_proj stacked.
+* BERT (post-norm encoder) <-> `BertForPreTraining` / `BertForMaskedLM`; see `hf_bert`.
 
 Export writes the files `AutoModelForCausalLM` and `AutoTokenizer` read (config.json,
 model.safetensors, tokenizer.json, tokenizer_config.json, special_tokens_map.json,
@@ -220,19 +221,33 @@ def _write_tokenizer(tokenizer: Any, out: Path, model_max_length: int) -> dict[s
     }
 
 
-def export_hf(model: Transformer, tokenizer: Any, out_dir: str | Path) -> Path:
+def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pair_head: bool = True) -> Path:
     """Write `model` (and `tokenizer`, unless None) as a Hugging Face checkpoint directory.
 
-    Loads with `AutoModelForCausalLM.from_pretrained(out_dir)` / `AutoTokenizer.from_pretrained(out_dir)`.
-    The layout (GPT-2 or Llama) follows from the model config; a config matching neither is an
-    error naming the field to change. Weights keep the model's dtype; padded vocabulary rows
-    (model vocab > tokenizer vocab) are kept.
+    A decoder loads with `AutoModelForCausalLM.from_pretrained(out_dir)`, its layout (GPT-2 or
+    Llama) following from the model config; an encoder is written as BERT, `BertForPreTraining`
+    with its NSP/SOP head when `pair_head` (runs trained with one), else `BertForMaskedLM`. A config
+    no layout can express is an error naming the field to change. Weights keep the model's dtype;
+    padded vocabulary rows (model vocab > tokenizer vocab) are kept.
     """
     from safetensors.torch import save_file
 
+    from lmforge.interop import hf_bert
+
+    from lmforge.models.encoder import Encoder
+
     model = getattr(model, "_orig_mod", model)
+    if not isinstance(model, (Transformer, Encoder)):
+        raise LmforgeError(
+            f"{type(model).__name__} cannot be exported to transformers: only decoder (GPT-2/Llama) and encoder "
+            "(BERT) runs can; for an ELECTRA run, export its discriminator (lmforge.load(run).model.discriminator)"
+        )
     cfg = model.config
-    layout = _export_layout(cfg)
+    if cfg.arch == "encoder":
+        hf_bert.check_exportable(cfg)
+        layout = "bert"
+    else:
+        layout = _export_layout(cfg)
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise LmforgeError(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.vocab_size}; "
@@ -242,13 +257,19 @@ def export_hf(model: Transformer, tokenizer: Any, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     sd = {k: v.cpu() for k, v in weights_for_save(model).items()}
-    hf_sd = _to_gpt2(sd, cfg) if layout == "gpt2" else _to_llama(sd, cfg)
+    if layout == "bert":
+        hf_sd = hf_bert.to_bert(sd, cfg, pair_head=pair_head)
+    else:
+        hf_sd = _to_gpt2(sd, cfg) if layout == "gpt2" else _to_llama(sd, cfg)
     # safetensors wants each tensor contiguous and owning its memory (no views of the fused qkv).
     hf_sd = {k: v.clone(memory_format=torch.contiguous_format) for k, v in hf_sd.items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(hf_sd, str(tmp), metadata={"format": "pt"})
 
-    hf_cfg = _gpt2_config(cfg) if layout == "gpt2" else _llama_config(cfg)
+    if layout == "bert":
+        hf_cfg = hf_bert.bert_config(cfg, pair_head=pair_head)
+    else:
+        hf_cfg = _gpt2_config(cfg) if layout == "gpt2" else _llama_config(cfg)
     # Explicit ids (even null) so transformers' defaults (GPT-2's 50256, Llama's 1/2) never apply.
     token_ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if tokenizer is not None:
@@ -460,8 +481,8 @@ def _read_tokenizer(d: Path, model_type: str) -> Any:
     return tok
 
 
-def import_hf(hf_dir: str | Path) -> tuple[Transformer, Any]:
-    """Load a Hugging Face GPT-2, Llama or Mistral checkpoint directory as (our model, our tokenizer).
+def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+    """Load a Hugging Face GPT-2, Llama, Mistral or BERT checkpoint directory as (our model, our tokenizer).
 
     Reads config.json, the weights (*.safetensors, else pytorch_model.bin loaded tensors-only) and
     tokenizer.json (or GPT-2's vocab.json + merges.txt). The model comes back in float32 and in
@@ -470,8 +491,12 @@ def import_hf(hf_dir: str | Path) -> tuple[Transformer, Any]:
     d = Path(hf_dir)
     c = read_json(d / "config.json")
     model_type = c.get("model_type")
-    if model_type in ("gpt2", *_LLAMA_LIKE):
-        read_config = _gpt2_model_config if model_type == "gpt2" else _llama_model_config
+    if model_type in ("gpt2", "bert", *_LLAMA_LIKE):
+        from lmforge.interop.hf_bert import bert_model_config
+
+        read_config = {"gpt2": _gpt2_model_config, "bert": bert_model_config}.get(
+            model_type, _llama_model_config
+        )
         try:
             cfg = read_config(c, d / "config.json")
         except KeyError as e:
@@ -489,18 +514,28 @@ def import_hf(hf_dir: str | Path) -> tuple[Transformer, Any]:
     else:
         raise LmforgeError(
             f"{d / 'config.json'}: model_type={model_type!r} is not supported; lmforge imports "
-            f"gpt2, {', '.join(_LLAMA_LIKE)}"
+            f"gpt2, bert, {', '.join(_LLAMA_LIKE)}"
         )
 
     hf_sd = _read_weights(d)
+    model: torch.nn.Module
+    if model_type == "bert":
+        from lmforge.interop.hf_bert import from_bert
+        from lmforge.models.encoder import Encoder
+
+        model = Encoder(cfg)
+    else:
+        model = Transformer(cfg)
     try:
-        sd = _from_gpt2(hf_sd, cfg) if model_type == "gpt2" else _from_llama(hf_sd, cfg)
+        if model_type == "bert":
+            sd = from_bert(hf_sd, cfg, fresh=weights_for_save(model))
+        else:
+            sd = _from_gpt2(hf_sd, cfg) if model_type == "gpt2" else _from_llama(hf_sd, cfg)
     except KeyError as e:
         raise LmforgeError(
             f"{d}: the weights lack tensor {e.args[0]!r} that config.json implies; the checkpoint is "
             "incomplete or its config does not match it"
         ) from None
-    model = Transformer(cfg)
     load_tensors(model, sd, str(d))
     tokenizer = _read_tokenizer(d, model_type)
     if tokenizer.vocab_size > cfg.vocab_size:
@@ -511,4 +546,24 @@ def import_hf(hf_dir: str | Path) -> tuple[Transformer, Any]:
     return model.eval(), tokenizer
 
 
-__all__ = ["export_hf", "import_hf"]
+def import_run(hf_dir: str | Path, run_dir: str | Path) -> tuple[torch.nn.Module, Path]:
+    """Import a Hugging Face checkpoint directory as a run directory; returns (model, run_dir).
+
+    The run records the objective the checkpoint's heads were trained for (clm for causal LMs;
+    mlm+nsp for BertForPreTraining, whose NSP head came along; mlm otherwise), so that evaluation
+    and a later export treat it like a run trained here.
+    """
+    from lmforge.run import write_run
+
+    model, tokenizer = import_hf(hf_dir)
+    objective = "clm"
+    if model.config.arch == "encoder":
+        archs = read_json(Path(hf_dir) / "config.json").get("architectures") or []
+        objective = "mlm+nsp" if "BertForPreTraining" in archs else "mlm"
+    config = {"imported_from": str(hf_dir), "objective": objective}
+    return model, write_run(
+        run_dir, model=model, model_config=model.config, tokenizer=tokenizer, config=config
+    )
+
+
+__all__ = ["export_hf", "import_hf", "import_run"]

@@ -1,6 +1,7 @@
-"""Models: one configurable Transformer (decoder now; encoder and encoder-decoder share its blocks)."""
+"""Models: one set of Transformer blocks, wired as a causal decoder (GPT) or a bidirectional encoder (BERT)."""
 
 from lmforge.models.config import ModelConfig
+from lmforge.models.encoder import Encoder
 from lmforge.models.layers import KVCache
 from lmforge.models.transformer import (
     Transformer,
@@ -8,6 +9,7 @@ from lmforge.models.transformer import (
 )
 
 __all__ = [
+    "Encoder",
     "KVCache",
     "ModelConfig",
     "Transformer",

@@ -1,7 +1,8 @@
 """ModelConfig: one Transformer, many architectures.
 
-GPT-2, Llama-style and BERT-style models are the same blocks switched by these fields; a new
-architecture is a new config, not a new file.
+GPT-2, Llama-style and BERT-style models are the same blocks switched by these fields: a new
+variant of an architecture is a new config, not a new file. `arch` picks how the blocks are
+wired: a causal decoder (`Transformer`) or a bidirectional encoder (`Encoder`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ def _h(text: str):
 
 @dataclass
 class ModelConfig:
-    arch: Literal["decoder", "encoder", "encoder-decoder"] = "decoder"  # decoder = GPT (causal LM)
+    # decoder = GPT (causal LM); encoder = BERT (bidirectional, for masked-LM objectives).
+    arch: Literal["decoder", "encoder", "encoder-decoder"] = "decoder"
     # Vocabulary size; 0 means "take it from the tokenizer" (padded up to a multiple of 64 for speed).
     vocab_size: int = 0
     n_layer: int = 6  # Transformer blocks
@@ -41,6 +43,8 @@ class ModelConfig:
     # Share the input embedding with the output projection (saves vocab*d_model parameters).
     tie_embeddings: bool = True
     dropout: float = 0.0  # 0 for pretraining on plenty of data; 0.1-0.2 on small corpora
+    # Segment (token type) embeddings of encoders: 2 for BERT's sentence A/B; 0 = none.
+    type_vocab_size: int = 2
     # Std of the normal init; residual projections are further scaled by 1/sqrt(2*n_layer) (GPT-2).
     init_std: float = 0.02
 
@@ -55,6 +59,8 @@ class ModelConfig:
         for name in ("n_layer", "n_head", "d_model", "max_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

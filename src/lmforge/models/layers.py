@@ -324,10 +324,11 @@ def linear_cross_entropy(
     weight: torch.Tensor,
     targets: torch.Tensor,
     *,
+    bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
-    """`F.cross_entropy(x @ weight.T, targets)` without ever holding the (N, vocab) logits.
+    """`F.cross_entropy(x @ weight.T + bias, targets)` without ever holding the (N, vocab) logits.
 
     x (N, d) are the final hidden states, weight (vocab, d) the LM head, targets (N,) token ids;
     the result is the mean over targets != ignore_index, like `F.cross_entropy`'s. With a
@@ -341,9 +342,10 @@ def linear_cross_entropy(
     Softmax statistics are taken in float32 whatever the precision; under autocast the matmuls run
     in the autocast dtype, as `lm_head` would.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(x, weight, targets, ignore_index, chunk_rows)
-    return _linear_cross_entropy(x, weight, targets, ignore_index, chunk_rows, with_grads=False)[0]
+    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    if torch.is_grad_enabled() and needs_grad:
+        return _LinearCrossEntropy.apply(x, weight, bias, targets, ignore_index, chunk_rows)
+    return _linear_cross_entropy(x, weight, bias, targets, ignore_index, chunk_rows, with_grads=False)[0]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -354,37 +356,40 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx: FunctionCtx,
         x: torch.Tensor,
         weight: torch.Tensor,
+        bias: torch.Tensor | None,
         targets: torch.Tensor,
         ignore_index: int,
         chunk_rows: int | None,
     ) -> torch.Tensor:
-        loss, count, grad_x, grad_w = _linear_cross_entropy(
-            x, weight, targets, ignore_index, chunk_rows, with_grads=True
+        loss, count, grad_x, grad_w, grad_b = _linear_cross_entropy(
+            x, weight, bias, targets, ignore_index, chunk_rows, with_grads=True
         )
-        ctx.save_for_backward(grad_x, grad_w, count)
-        ctx.dtypes = (x.dtype, weight.dtype)
+        ctx.save_for_backward(grad_x, grad_w, grad_b, count)
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: FunctionCtx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_x, grad_w, count = ctx.saved_tensors
-        x_dtype, w_dtype = ctx.dtypes
+        grad_x, grad_w, grad_b, count = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
         scale = grad_loss.float() / count  # the mean's 1/count, applied here (see below)
-        return (grad_x * scale).to(x_dtype), (grad_w * scale).to(w_dtype), None, None, None
+        grad_bias = (grad_b * scale).to(b_dtype) if b_dtype is not None else None
+        return (grad_x * scale).to(x_dtype), (grad_w * scale).to(w_dtype), grad_bias, None, None, None
 
 
 def _linear_cross_entropy(
     x: torch.Tensor,
     weight: torch.Tensor,
+    bias: torch.Tensor | None,
     targets: torch.Tensor,
     ignore_index: int,
     chunk_rows: int | None,
     *,
     with_grads: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(mean loss, number of counted targets, and with_grads the gradients of the *summed* loss
-    with respect to x and weight).
+    with respect to x, weight and bias (None without a bias)).
 
     The gradients are left unscaled by 1/count so that, in float16, the per-logit gradients
     (softmax - one_hot, at most 1 in size) do not underflow before the loss scale is applied.
@@ -404,9 +409,13 @@ def _linear_cross_entropy(
     loss_sum = torch.zeros((), device=x.device)
     grad_x = torch.empty_like(x) if with_grads else None
     grad_w = torch.zeros_like(w, dtype=torch.float32) if with_grads else None
+    b = bias.float() if bias is not None else None  # added to the float32 logits
+    grad_b = torch.zeros_like(b) if (with_grads and b is not None) else None
     for start in range(0, x.size(0), chunk_rows):
         rows = slice(start, start + chunk_rows)
         logits = (x[rows] @ w.t()).float()  # (rows, vocab); softmax statistics in float32
+        if b is not None:
+            logits += b
         # loss = logsumexp(logits) - logits[target]; one exp pass serves both it and the softmax.
         target_logit = logits.gather(1, targets[rows])
         peak = logits.amax(1, keepdim=True)
@@ -415,13 +424,16 @@ def _linear_cross_entropy(
         if with_grads:
             # d loss / d logits = softmax - one_hot(target), zero on ignored rows.
             grad = logits.mul_(counted[rows] / exp_sum)
-            grad = grad.scatter_add_(1, targets[rows], -counted[rows]).to(dtype)
+            grad = grad.scatter_add_(1, targets[rows], -counted[rows])
+            if grad_b is not None:
+                grad_b += grad.sum(0)
+            grad = grad.to(dtype)
             torch.mm(grad, w_t.t(), out=grad_x[rows])
             if grad_w.dtype == dtype:  # float32: accumulate in place
                 grad_w.addmm_(grad.t(), x[rows])
             else:  # bf16/fp16 products, accumulated in float32
                 grad_w += grad.t() @ x[rows]
-    return loss_sum / count, count, grad_x, grad_w
+    return loss_sum / count, count, grad_x, grad_w, grad_b
 
 
 def check_length(length: int, max_len: int) -> None:

@@ -164,6 +164,11 @@ class Transformer(nn.Module):
         )
 
 
-def build_model(cfg: ModelConfig) -> Transformer:
-    """The model described by `cfg` (randomly initialised, on the CPU, in float32)."""
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg.arch` names (randomly initialised, on the CPU, in float32): a `Transformer`
+    decoder or an `Encoder`."""
+    if cfg.arch == "encoder":
+        from lmforge.models.encoder import Encoder
+
+        return Encoder(cfg)
     return Transformer(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,3 +29,27 @@ def clm_loss(
     logits = getattr(logits, "logits", logits)
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
     return loss, {}
+
+
+def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> Any:
+    """Decoder, windows of the token stream, and the fixed first windows of the validation split."""
+    from lmforge.data.batches import CausalLMBatches, eval_windows
+    from lmforge.models import build_model
+    from lmforge.objectives import ObjectiveSetup
+
+    tcfg = cfg.train
+    model = build_model(cfg.model)
+    batches = CausalLMBatches(
+        shards.tokens("train"), seq_len, tcfg.batch_size, seed=tcfg.seed, rank=dist.rank,
+        world_size=dist.world_size, device=device,
+    )  # fmt: skip
+    val = shards.tokens("val")
+    val_batches = None
+    if len(val) > 1:
+
+        def val_batches() -> Any:
+            return eval_windows(
+                val, seq_len, tcfg.batch_size, tcfg.eval_batches, rank=dist.rank, world_size=dist.world_size
+            )
+
+    return ObjectiveSetup(model, batches, val_batches, clm_loss, model.flops_per_token(seq_len))

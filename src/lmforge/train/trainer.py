@@ -17,7 +17,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,21 @@ from lmforge.models.weights import save_weights
 from lmforge.objectives.clm import clm_loss
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import TrainConfig
-from lmforge.train.flops import peak_flops
+from lmforge.train.flops import cpu_has_native_bf16, peak_flops
 from lmforge.train.logger import MetricsLogger
 from lmforge.train.optim import lr_at, make_optimizer
 from lmforge.train.parallel import DistInfo, all_reduce_sum, parallelize
 from lmforge.utils.io import atomic_write_json
 
 Objective = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""(model, batch) -> (mean loss to minimise, named metrics as 0-d device tensors, e.g. accuracies)."""
+
+
+def batch_weight(batch: Any) -> int:
+    """How much a batch counts in a validation mean: its target tokens for causal LM, its rows otherwise."""
+    if isinstance(batch, dict):
+        return int(batch["input_ids"].size(0))
+    return int(batch[1].numel())
 
 
 @dataclass
@@ -52,6 +60,7 @@ class TrainResult:
     best_step: int | None
     stopped_early: bool
     elapsed_s: float
+    val_metrics: dict[str, float] | None = None  # the objective's metrics at the last evaluation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +73,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
     if precision == "fp16" and device.type not in ("cuda", "cpu"):
         raise LmforgeError(f"train.precision fp16 is not supported on {device.type}; use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "train.precision bf16 on a CPU without native bf16 (AVX512_BF16/AMX/Arm BF16): autocast "
+            "emulates it, up to ~20x slower than fp32; use --train.precision fp32 on this CPU",
+            stacklevel=2,
+        )
     return precision
 
 
@@ -79,16 +94,23 @@ def _is_oom(e: BaseException) -> bool:
 
 
 class Trainer:
-    """Trains `model` on `train_batches`; everything it needs to resume lives in <run>/train_state."""
+    """Trains `model` on `train_batches`; everything it needs to resume lives in <run>/train_state.
+
+    `train_batches` is any resumable batch source: `next_batch()`, `state_dict()`,
+    `load_state_dict()`, `batch_size` and `seq_len` (CausalLMBatches, MaskedLMBatches, ...), and
+    `objective` turns a batch into a loss. Validation batches come from `val_batches()` (a fresh
+    iterable of the same fixed batches each time), or for causal LM simply from `val_tokens`.
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        train_batches: CausalLMBatches,
+        train_batches: CausalLMBatches | Any,
         cfg: TrainConfig,
         run_dir: str | Path,
         *,
         val_tokens: np.ndarray | None = None,
+        val_batches: Callable[[], Iterable[Any]] | None = None,
         objective: Objective = clm_loss,
         device: torch.device | None = None,
         dist: DistInfo | None = None,
@@ -98,7 +120,19 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device)  # the plain module: what we save and evaluate
-        self.train_batches, self.val_tokens, self.objective = train_batches, val_tokens, objective
+        self.train_batches, self.objective = train_batches, objective
+        if val_batches is None and val_tokens is not None and len(val_tokens) > 1:
+            seq_len, batch_size = train_batches.seq_len, train_batches.batch_size
+
+            def val_batches() -> Iterable[Any]:
+                return eval_windows(
+                    val_tokens, seq_len, batch_size, cfg.eval_batches,
+                    rank=self.dist.rank, world_size=self.dist.world_size,
+                )  # fmt: skip
+
+        self.val_batches = val_batches
+        self.last_val_metrics: dict[str, float] = {}
+        self.step_metrics: dict[str, torch.Tensor] = {}
         self.precision = resolve_precision(cfg.precision, self.device)
         self.step_model = parallelize(self.model, self.dist, self.device, compile=cfg.compile)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
@@ -160,31 +194,48 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean validation loss over the fixed validation windows (all ranks take part)."""
-        if self.val_tokens is None or len(self.val_tokens) < 2:
+        """Mean validation loss over the fixed validation batches (all ranks take part).
+
+        The objective's metrics are averaged the same way and kept in `last_val_metrics`.
+        """
+        if self.val_batches is None:
             return None
         self.model.eval()
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # (sum of losses * tokens, tokens)
-        windows = eval_windows(
-            self.val_tokens, self.train_batches.seq_len, self.train_batches.batch_size, self.cfg.eval_batches,
-            rank=self.dist.rank, world_size=self.dist.world_size,
-        )  # fmt: skip
-        for x, y in windows:
-            x, y = x.to(self.device), y.to(self.device)
+        names: list[str] | None = None
+        total: torch.Tensor | None = None  # (weight, loss * weight, metric * weight...)
+        for batch in self.val_batches():
+            if isinstance(batch, (tuple, list)):
+                batch = tuple(t.to(self.device) for t in batch)
+            w = batch_weight(batch)
             with autocast(self.device, self.precision):
-                loss, _ = self.objective(self.model, (x, y))
-            total += torch.stack(
-                [loss.double() * y.numel(), torch.tensor(y.numel(), device=self.device).double()]
+                loss, metrics = self.objective(self.model, batch)
+            if names is None:
+                names = sorted(metrics)
+                total = torch.zeros(2 + len(names), device=self.device, dtype=torch.float64)
+            assert total is not None
+            total += (
+                torch.stack(
+                    [torch.ones((), device=self.device), loss.detach(), *(metrics[k] for k in names)]
+                ).double()
+                * w
             )
+        if total is None:  # this rank had no batch; still take part in the reduction
+            total = torch.zeros(2, device=self.device, dtype=torch.float64)
+            names = []
         all_reduce_sum(total, self.dist)
         self.model.train()
-        return float(total[0] / total[1]) if total[1] > 0 else None
+        if float(total[0]) <= 0:
+            return None
+        means = (total[1:] / total[0]).tolist()
+        self.last_val_metrics = dict(zip(names or [], means[1:]))
+        return means[0]
 
     def _after_eval(self, val: float, logger: MetricsLogger | None) -> bool:
         """Record a validation loss; keep the best weights; return True when patience has run out."""
         self.last_val = val
         if logger:
-            logger.log({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+            extra = {f"val_{k}": v for k, v in self.last_val_metrics.items()}
+            logger.log({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)), **extra})
         if val < self.best_val:
             self.best_val, self.best_step, self.evals_without_improvement = val, self.step, 0
             if self.dist.is_main:
@@ -197,12 +248,16 @@ class Trainer:
     # ------------------------------------------------------------ one optimizer step
 
     def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Micro-batches, clip, optimizer step; returns (loss, grad norm, finite) as device tensors."""
+        """Micro-batches, clip, optimizer step; returns (loss, grad norm, finite) as device tensors.
+
+        The objective's metrics of the step (averaged over micro-batches) are left in `step_metrics`.
+        """
         cfg, device = self.cfg, self.device
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # Micro-batches: gradients accumulate; DDP syncs only on the last one.
         step_loss = torch.zeros((), device=device)
+        step_metrics: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
             batch = self.train_batches.next_batch()
             sync_ctx = (
@@ -212,10 +267,13 @@ class Trainer:
             )
             with sync_ctx:
                 with autocast(device, self.precision):
-                    loss, _ = self.objective(self.step_model, batch)
+                    loss, metrics = self.objective(self.step_model, batch)
                     loss = loss / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             step_loss += loss.detach()
+            for k, v in metrics.items():
+                step_metrics[k] = step_metrics.get(k, 0) + v.detach().float() / cfg.grad_accum
+        self.step_metrics = step_metrics
 
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -251,6 +309,7 @@ class Trainer:
 
         self.model.train()
         loss_sum = torch.zeros((), device=device)  # summed on device between logs: no per-step sync
+        metric_sums: dict[str, torch.Tensor] = {}
         nan_streak = torch.zeros((), device=device)  # consecutive non-finite steps
         nan_total = torch.zeros((), device=device)
         steps_in_window, window_start = 0, time.perf_counter()
@@ -268,6 +327,8 @@ class Trainer:
                 nan_streak = (nan_streak + 1) * (~finite)
                 nan_total += ~finite
                 loss_sum += torch.where(finite, step_loss, torch.zeros_like(step_loss))
+                for k, v in self.step_metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0) + torch.where(finite, v, torch.zeros_like(v))
                 self.step += 1
                 steps_in_window += 1
 
@@ -292,6 +353,8 @@ class Trainer:
                     tok_s = steps_in_window * self.tokens_per_step / max(elapsed, 1e-9)
                     row = {"step": self.step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
                            "tokens_per_s": tok_s, "tokens": self.step * self.tokens_per_step}  # fmt: skip
+                    row.update({k: float(v) / good for k, v in metric_sums.items()})
+                    metric_sums.clear()
                     if peak:
                         row["mfu"] = self.flops_per_token * tok_s / peak / dist.world_size
                     if logger:
@@ -304,8 +367,9 @@ class Trainer:
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
                     val = self.evaluate()
                     if val is not None:
+                        extra = "".join(f"  val_{k} {v:.4f}" for k, v in self.last_val_metrics.items())
                         progress.note(
-                            f"step {self.step}: val_loss {val:.4f}  val_ppl {math.exp(min(val, 50)):.2f}"
+                            f"step {self.step}: val_loss {val:.4f}  val_ppl {math.exp(min(val, 50)):.2f}{extra}"
                         )
                         if self._after_eval(val, logger):
                             stopped_early = True
@@ -338,6 +402,7 @@ class Trainer:
             run_dir=str(self.run_dir), steps=self.step, tokens=self.step * self.tokens_per_step,
             train_loss=last_loss, val_loss=val, val_ppl=math.exp(min(val, 50)) if val is not None else None,
             best_step=self.best_step, stopped_early=stopped_early, elapsed_s=time.perf_counter() - t0,
+            val_metrics=dict(self.last_val_metrics) or None,
         )  # fmt: skip
         if main:
             atomic_write_json(self.run_dir / "summary.json", result.to_dict())

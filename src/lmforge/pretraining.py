@@ -18,8 +18,11 @@ import torch
 
 from lmforge.config import deep_merge, from_dict, load_yaml, to_dict
 from lmforge.data.clean import CleanConfig
+from lmforge.data.masking import MaskingConfig
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
+from lmforge.objectives.electra import ElectraConfig
+from lmforge.objectives.plm import PLMConfig
 from lmforge.tokenizer import TokenizerConfig
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import TrainResult
@@ -45,8 +48,14 @@ class PretrainConfig:
     tokenizer_file: str | None = (
         None  # an existing tokenizer.json for raw data; none = train one (tokenizer.*)
     )
-    objective: Literal["clm"] = "clm"  # causal language modelling
+    # clm: causal LM (GPT); mlm: masked LM on full sentences (RoBERTa); mlm+nsp: masked LM and
+    # next-sentence prediction (BERT); mlm+sop: masked LM and sentence-order prediction (ALBERT);
+    # plm: permutation LM (XLNet); electra: replaced token detection (ELECTRA).
+    objective: Literal["clm", "mlm", "mlm+nsp", "mlm+sop", "plm", "electra"] = "clm"
     model: ModelConfig = field(default_factory=ModelConfig)
+    mlm: MaskingConfig = field(default_factory=MaskingConfig)
+    plm: PLMConfig = field(default_factory=PLMConfig)
+    electra: ElectraConfig = field(default_factory=ElectraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prep: PrepConfig = field(default_factory=PrepConfig)
@@ -75,6 +84,24 @@ def build_config(
         data = deep_merge(data, load_yaml(config))
     data = deep_merge(data, overrides or {})
     return from_dict(PretrainConfig, data)
+
+
+ENCODER_OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "plm", "electra")
+
+
+def resolve_arch(cfg: PretrainConfig) -> None:
+    """The objective decides the architecture: masked-LM objectives train a bidirectional encoder.
+
+    `model.arch` may be left at its default (decoder) for them and is switched here; asking for an
+    encoder with the causal objective is an error.
+    """
+    if cfg.objective in ENCODER_OBJECTIVES and cfg.model.arch == "decoder":
+        cfg.model = from_dict(ModelConfig, {**to_dict(cfg.model), "arch": "encoder"})
+    elif cfg.objective == "clm" and cfg.model.arch != "decoder":
+        raise LmforgeError(
+            f"--objective clm trains a decoder, but model.arch={cfg.model.arch}; use an encoder objective "
+            f"({', '.join(ENCODER_OBJECTIVES)}) or --model.arch decoder"
+        )
 
 
 def _round_up(n: int, multiple: int = 64) -> int:
@@ -157,9 +184,8 @@ def run_pretraining(
 ) -> TrainResult:
     import yaml
 
-    from lmforge.data.batches import CausalLMBatches
     from lmforge.data.shards import Shards
-    from lmforge.models import build_model
+    from lmforge.objectives import setup_objective
     from lmforge.run import check_vocab, model_config_of
     from lmforge.train.parallel import setup_distributed, teardown_distributed
     from lmforge.train.trainer import Trainer
@@ -183,6 +209,7 @@ def run_pretraining(
 
         shards = Shards.open(_prepare_data(cfg, run_dir, info.is_main, info.barrier))
         tokenizer = shards.tokenizer()
+        resolve_arch(cfg)
         if cfg.model.vocab_size == 0:
             cfg.model = from_dict(
                 ModelConfig, {**to_dict(cfg.model), "vocab_size": _round_up(tokenizer.vocab_size)}
@@ -210,27 +237,25 @@ def run_pretraining(
                 f"train.seq_len={seq_len} exceeds model.max_len={cfg.model.max_len}; lower one or raise the other"
             )
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank and every run
-        model = build_model(cfg.model)
+        setup = setup_objective(cfg, shards, seq_len, info, device)
+        model, flops = setup.model, setup.flops_per_token
         torch.manual_seed(tcfg.seed + info.rank)  # dropout differs across ranks
-        batches = CausalLMBatches(
-            shards.tokens("train"), seq_len, tcfg.batch_size, seed=tcfg.seed,
-            rank=info.rank, world_size=info.world_size, device=device,
-        )  # fmt: skip
         val = shards.tokens("val")
         trainer = Trainer(
-            model, batches, tcfg, run_dir, val_tokens=val if len(val) > 1 else None, device=device, dist=info,
-            flops_per_token=model.flops_per_token(seq_len),
+            model, setup.batches, tcfg, run_dir, val_batches=setup.val_batches, objective=setup.loss,
+            device=device, dist=info, flops_per_token=flops,
         )  # fmt: skip
         if info.is_main:
             n = model.num_params()
             print(
-                f"model: {n / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), "
-                f"{model.flops_per_token(seq_len) / 1e6:.1f} MFLOPs/token; data: {len(shards.tokens('train')):,} train / "
-                f"{len(val):,} val tokens; device {device}, precision {trainer.precision}",
+                f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters "
+                f"({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), {flops / 1e6:.1f} MFLOPs/token; "
+                f"objective {cfg.objective}; data: {len(shards.tokens('train')):,} train / {len(val):,} val tokens; "
+                f"device {device}, precision {trainer.precision}",
                 flush=True,
             )
         result = trainer.fit(resume=resume)
-        if info.is_main and sample_prompt is not None:
+        if info.is_main and sample_prompt is not None and cfg.model.arch == "decoder":
             from lmforge.infer.generate import GenerationConfig, generate
             from lmforge.models.weights import load_weights
 
