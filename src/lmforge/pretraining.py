@@ -57,7 +57,7 @@ class PretrainConfig:
     plm: PLMConfig = field(default_factory=PLMConfig)
     electra: ElectraConfig = field(default_factory=ElectraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="auto"))
     prep: PrepConfig = field(default_factory=PrepConfig)
 
 
@@ -131,6 +131,8 @@ def _prepare_data(cfg: PretrainConfig, run_dir: Path, is_main: bool, barrier) ->
             tok = Tokenizer.load(cfg.tokenizer_file)
         else:
             t = cfg.tokenizer
+            if t.kind == "auto":  # WordPiece keeps words and CJK characters whole, which masking relies on
+                t.kind = "wordpiece" if cfg.objective in ENCODER_OBJECTIVES else "bpe"
             print(f"training a {t.kind} tokenizer (vocab {t.vocab_size}) on {source}", flush=True)
             tok = train_tokenizer(
                 source, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,

@@ -115,13 +115,17 @@ def _join_cjk(text: str) -> str:
 class TokenizerConfig:
     """What to train. `vocab_size` counts the special tokens."""
 
-    kind: TokenizerKind = "bpe"
+    # bpe (byte-level, GPT-2), wordpiece (BERT), unigram (SentencePiece-style) or char; "auto" in a
+    # pretraining config picks bpe for causal LM and wordpiece for the masked-LM objectives.
+    kind: Literal["auto", "bpe", "wordpiece", "unigram", "char"] = "bpe"
     vocab_size: int = 8000
     min_frequency: int = 2
     lowercase: bool = False
 
     def validate(self) -> None:
         """Fail before a long training run, naming the key and the fix."""
+        if self.kind == "auto":
+            self.kind = "bpe"
         if self.kind not in KINDS:
             raise LmforgeError(f"tokenizer kind={self.kind!r} is unknown; use one of {', '.join(KINDS)}")
         floor = 256 + len(GPT_SPECIALS) if self.kind == "bpe" else 2 * len(GPT_SPECIALS)

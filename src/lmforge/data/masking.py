@@ -207,10 +207,8 @@ def _segment_chinese(t: np.ndarray, cjk: np.ndarray, starts: np.ndarray, tables:
     positions = np.flatnonzero(cjk)
     # Runs of consecutive CJK tokens, joined with newlines (which jieba never puts inside a word).
     breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-    texts = tables.texts
-    chars = [texts[i] for i in t[positions].tolist()]
-    for b in reversed(breaks.tolist()):
-        chars.insert(b, "\n")
+    chars = np.asarray(tables.texts, dtype=object)[t[positions]]
+    chars[breaks] = ["\n" + c for c in chars[breaks]]
     text = "".join(chars)
     is_start = np.zeros(len(positions), dtype=bool)
     cursor = 0

@@ -233,7 +233,6 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
     from safetensors.torch import save_file
 
     from lmforge.interop import hf_bert
-
     from lmforge.models.encoder import Encoder
 
     model = getattr(model, "_orig_mod", model)
