@@ -109,3 +109,19 @@ def test_no_segment_table():
     m = build_model(_cfg(type_vocab_size=0))
     assert m.type_emb is None
     assert m(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 32)
+
+
+def test_unpadded_path_matches_and_takes_a_precomputed_index():
+    torch.manual_seed(0)
+    m = build_model(_cfg(norm_position="pre", position="rope"))
+    x = torch.randint(0, 97, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[2, 9:] = False
+    h = m(x, attention_mask=mask)
+    index = mask.reshape(-1).nonzero().squeeze(1)
+    torch.testing.assert_close(m(x, attention_mask=mask, token_index=index), h)
+    assert (h[~mask] == 0).all()
+    torch.testing.assert_close(h[1], m(x[1:2])[0], atol=1e-5, rtol=1e-5)  # an unpadded row as if alone
+    h.sum().backward()  # gradients flow through the gather/scatter
+    assert m.blocks[0].attn.qkv.weight.grad is not None

@@ -298,7 +298,8 @@ class MaskedLMBatches:
 
         Returns a dict of tensors on the device:
           input_ids (B, T) int64, token_type_ids (B, T) or None (mode "mlm"),
-          attention_mask (B, T) bool or None when no row is padded, mlm_positions (N,) flat indices
+          attention_mask (B, T) bool or None when no row is padded, token_index: the flat indices
+          of the real (unpadded) tokens or None, mlm_positions (N,) flat indices
           into (B, T) of the tokens to predict, mlm_targets (N,) their ids, pair_labels (B,) or None.
         """
         t, T = self.tables, self.seq_len
@@ -338,6 +339,7 @@ class MaskedLMBatches:
             "input_ids": dev(masked),
             "token_type_ids": dev((in_b | (p == (la + lb + 2))).astype(np.int64)) if pair else None,
             "attention_mask": None if used.all() else dev(used),
+            "token_index": None if used.all() else dev(np.flatnonzero(used)),  # real tokens, flat
             "mlm_positions": dev(positions.astype(np.int64)),
             "mlm_targets": dev(targets.astype(np.int64)),
             "pair_labels": dev(ex.label.astype(np.int64)) if pair else None,

@@ -88,7 +88,10 @@ def evaluate_masked(
     nll, correct, masked, pair_correct, pairs = 0.0, 0, 0, 0, 0
     for batch in src.eval_batches():
         h = model(
-            batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"]
+            batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+            token_index=batch.get("token_index"),
         )
         logits = model.mlm_logits(h.flatten(0, 1).index_select(0, batch["mlm_positions"])).float()
         targets = batch["mlm_targets"]

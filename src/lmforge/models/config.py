@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# The classic baselines of lmforge.models.rnn, trained with their state carried across batches.
+BASELINE_ARCHS = ("lstm", "gru", "nnlm")
+
 
 def _h(text: str):
     return field(default=None, metadata={"help": text})
@@ -17,8 +20,10 @@ def _h(text: str):
 
 @dataclass
 class ModelConfig:
-    # decoder = GPT (causal LM); encoder = BERT (bidirectional, for masked-LM objectives).
-    arch: Literal["decoder", "encoder", "encoder-decoder"] = "decoder"
+    # decoder = GPT (causal LM); encoder = BERT (bidirectional, for masked-LM objectives); the classic
+    # baselines (lmforge.models.rnn): lstm / gru = recurrent LM (Zaremba et al.), nnlm = feed-forward LM
+    # (Bengio et al.); for these d_model is the embedding size, n_layer the stacked LSTM/GRU layers.
+    arch: Literal["decoder", "encoder", "encoder-decoder", "lstm", "gru", "nnlm"] = "decoder"
     # Vocabulary size; 0 means "take it from the tokenizer" (padded up to a multiple of 64 for speed).
     vocab_size: int = 0
     n_layer: int = 6  # Transformer blocks
@@ -47,15 +52,32 @@ class ModelConfig:
     type_vocab_size: int = 2
     # Std of the normal init; residual projections are further scaled by 1/sqrt(2*n_layer) (GPT-2).
     init_std: float = 0.02
+    # lstm/gru: state size of each layer; nnlm: width of the tanh hidden layer. None means d_model;
+    # with tie_embeddings a different size gets a projection to d_model before the output layer.
+    rnn_hidden: int | None = None
+    # nnlm: tokens each prediction conditions on (n-1 of an n-gram model; Bengio et al. used 4-5).
+    nnlm_context: int = 4
+    # nnlm: direct connections from the concatenated embeddings to the output (Bengio et al.'s W).
+    nnlm_direct: bool = False
+    # lstm/gru/nnlm: dropout on the input embeddings; None means dropout (Zaremba et al. drop every
+    # non-recurrent connection alike).
+    emb_dropout: float | None = None
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
-        kv = self.kv_heads
-        if self.n_head % kv:
-            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={kv}")
-        if self.position == "rope" and self.head_dim % 2:
-            raise ValueError(f"rope needs an even head_dim, got {self.head_dim}")
+        if self.arch not in BASELINE_ARCHS:  # attention shapes mean nothing to the baselines
+            if self.d_model % self.n_head:
+                raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+            kv = self.kv_heads
+            if self.n_head % kv:
+                raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={kv}")
+            if self.position == "rope" and self.head_dim % 2:
+                raise ValueError(f"rope needs an even head_dim, got {self.head_dim}")
+        if self.rnn_hidden is not None and self.rnn_hidden <= 0:
+            raise ValueError(f"rnn_hidden must be positive (or null for d_model), got {self.rnn_hidden}")
+        if self.nnlm_context <= 0:
+            raise ValueError(f"nnlm_context must be positive, got {self.nnlm_context}")
+        if self.emb_dropout is not None and not 0.0 <= self.emb_dropout < 1.0:
+            raise ValueError(f"emb_dropout must be in [0, 1), got {self.emb_dropout}")
         for name in ("n_layer", "n_head", "d_model", "max_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

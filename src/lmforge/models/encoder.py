@@ -126,20 +126,32 @@ class Encoder(nn.Module):
         *,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """idx (B, T) -> final hidden states (B, T, d_model).
+        """idx (B, T) -> final hidden states (B, T, d_model) (zeros at padded positions).
 
         `attention_mask` (B, T), True/1 for real tokens and False/0 for padding, keeps every query
-        from attending to padding; None means no padding (the fastest path).
+        from attending to padding; None means no padding. With padding, everything but the
+        attention itself runs on the real tokens only (gathered into (N, d_model)), so a batch
+        that is 30% padding costs about 30% less; `token_index`, the flat indices of the real
+        tokens, may be passed in precomputed (the data loader knows them) to spare a device sync.
         """
+        B, T = idx.shape
         x = self.embed(idx, token_type_ids)
-        rope = self.rope(0, idx.size(1)) if self.rope is not None else None
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
+        rope = self.rope(0, T) if self.rope is not None else None
+        if attention_mask is None:
+            for block in self.blocks:
+                x = block(x, rope=rope, causal=False)
+            return self.norm_f(x)
+        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
+        if token_index is None:
+            token_index = attention_mask.reshape(-1).nonzero().squeeze(1)
+        unpad = (token_index, B, T)
+        x = x.reshape(B * T, -1).index_select(0, token_index)  # (N, d_model): the real tokens
         for block in self.blocks:
-            x = block(x, rope=rope, causal=False, attn_mask=mask)
-        return self.norm_f(x)
+            x = block(x, rope=rope, causal=False, attn_mask=mask, unpad=unpad)
+        x = self.norm_f(x)
+        return x.new_zeros(B * T, x.size(-1)).index_copy(0, token_index, x).view(B, T, -1)
 
     # ------------------------------------------------------------ heads
 

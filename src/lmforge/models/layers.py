@@ -158,6 +158,9 @@ class KVCache:
 # ----------------------------------------------------------------------------------------------
 # Attention
 
+Unpad = tuple[torch.Tensor, int, int]
+"""(flat indices of the real tokens in a (B, T) batch, B, T): lets per-token layers skip padding."""
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with grouped-query heads, rotary positions and a KV cache.
@@ -184,14 +187,23 @@ class Attention(nn.Module):
         causal: bool = True,
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        unpad: Unpad | None = None,
     ) -> torch.Tensor:
         """x (B, T, d_model) -> (B, T, d_model).
 
         `attn_mask` (bool, broadcastable to (B, 1, T, S), True = may attend) masks padding;
         `causal` additionally hides later positions (decoders) and is off for encoders.
+        With `unpad`, x holds only the real tokens of a padded batch, (N, d_model) -> (N, d_model):
+        the projections skip the padding and only the attention itself sees the (B, T) layout.
         """
-        B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
+        if unpad is not None:
+            index, B, T = unpad
+            real = self.qkv(x)  # (N, (n_head + 2*n_kv_head) * head_dim)
+            qkv = real.new_zeros(B * T, real.size(-1)).index_copy(0, index, real)
+        else:
+            B, T, _ = x.shape
+            qkv = self.qkv(x)
+        qkv = qkv.view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
         # Split along the heads axis before moving heads in front of time: in the backward pass the
         # three gradients are then concatenated straight into the (B, T, heads, head_dim) layout
         # the qkv Linear needs, rather than concatenated and copied once more to undo a transpose.
@@ -206,6 +218,8 @@ class Attention(nn.Module):
         # SDPA's fused kernels lay their output out as (B, T, n_head, head_dim) already, so this
         # reshape is a view, not a copy.
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*head_dim)
+        if unpad is not None:
+            y = y.reshape(B * T, -1).index_select(0, unpad[0])  # (N, n_head*head_dim): real tokens only
         return self.resid_drop(self.proj(y))
 
     def _attend(
@@ -306,12 +320,14 @@ class Block(nn.Module):
         causal: bool = True,
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        unpad: Unpad | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d_model) -> (B, T, d_model)."""
+        """x (B, T, d_model) -> (B, T, d_model); with `unpad` (see Attention), (N, d) -> (N, d)."""
+        kw = {"rope": rope, "causal": causal, "attn_mask": attn_mask, "cache": cache, "unpad": unpad}
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), rope=rope, causal=causal, attn_mask=attn_mask, cache=cache)
+            x = x + self.attn(self.norm1(x), **kw)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, rope=rope, causal=causal, attn_mask=attn_mask, cache=cache))
+        x = self.norm1(x + self.attn(x, **kw))
         return self.norm2(x + self.mlp(x))
 
 

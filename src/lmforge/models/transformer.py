@@ -166,9 +166,13 @@ class Transformer(nn.Module):
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model `cfg.arch` names (randomly initialised, on the CPU, in float32): a `Transformer`
-    decoder or an `Encoder`."""
+    decoder, an `Encoder`, or one of the classic baselines (`lmforge.models.rnn`)."""
     if cfg.arch == "encoder":
         from lmforge.models.encoder import Encoder
 
         return Encoder(cfg)
+    if cfg.arch in ("lstm", "gru", "nnlm"):
+        from lmforge.models.rnn import build_baseline
+
+        return build_baseline(cfg)
     return Transformer(cfg)

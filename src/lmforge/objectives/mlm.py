@@ -32,7 +32,10 @@ def mlm_loss(
     """
     enc = unwrap(model)
     h = model(
-        batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"]
+        batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        token_index=batch.get("token_index"),
     )
     positions, targets = batch["mlm_positions"], batch["mlm_targets"]
     metrics: dict[str, torch.Tensor] = {}
