@@ -28,7 +28,7 @@ CHINESE = [
 ]
 CORPUS = [s for _ in range(4) for s in ENGLISH + CHINESE]
 SAMPLES = [*ENGLISH[:2], *CHINESE[:2], "Mixed 中文 and English.\nNew line\tand tab."]
-VOCAB = {"bpe": 400, "wordpiece": 300, "unigram": 300, "char": 300}
+VOCAB = {"bpe": 400, "wordpiece": 300, "unigram": 300, "char": 300, "word": 300}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ The Python API mirrors the CLI one to one:
     lmforge.generate("runs/gpt", "The meaning of", max_new_tokens=50)            # lmforge generate
     lmforge.fill_mask("runs/bert", "The capital of France is [MASK].")           # lmforge fill-mask
     lmforge.export_hf("runs/gpt", "out/hf_gpt"); lmforge.import_hf("hf_dir", "runs/imported")
+    lmforge.compare(["lm5.arpa", "runs/gpt"], "test.txt", plot="cmp.png")          # lmforge compare
+    lmforge.scaling("corpus/", "0.1M,0.3M,1M", "runs/scaling")                     # lmforge scaling
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LmforgeError",
     "__version__",
+    "compare",
     "evaluate",
     "export_hf",
     "fill_mask",
@@ -30,6 +33,7 @@ __all__ = [
     "load",
     "prepare",
     "pretrain",
+    "scaling",
     "train_tokenizer",
 ]
 
@@ -102,3 +106,18 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
     from lmforge.interop.hf import import_run
 
     return import_run(hf_dir, run_dir)[1]
+
+
+def compare(models: Any, data: Any, **kwargs: Any):
+    """Per-word perplexity and bits per byte of ARPA files and runs on one text (comparable across
+    tokenizers); options as `lmforge.eval.compare.compare`."""
+    from lmforge.eval.compare import compare as _compare
+
+    return _compare(models, data, **kwargs)
+
+
+def scaling(data: Any, sizes: Any, out: str | Path, **kwargs: Any):
+    """Train a ladder of decoder sizes on `data` and fit L(N) = a * N^-alpha + c; see `lmforge.scaling`."""
+    from lmforge.scaling import scaling as _scaling
+
+    return _scaling(data, sizes, out, **kwargs)

@@ -31,6 +31,8 @@ EPILOG = """examples:
   lmforge import hf some/hf_gpt2_dir runs/imported
   lmforge ngram train --data train.txt --order 5 --smoothing modified-kneser-ney --out lm5.arpa
   lmforge ngram eval lm5.arpa --data test.txt
+  lmforge compare --data test.txt lm5.arpa runs/lstm runs/gpt --plot compare.png   # per-word ppl, bits/byte
+  lmforge scaling --data corpus/ --sizes 0.1M,0.3M,1M,3M --out runs/scaling       # fit L(N) = a*N^-alpha + c
 """
 
 
@@ -127,6 +129,27 @@ def cmd_eval(ns: argparse.Namespace, rest: list[str]) -> None:
         res = evaluate_lm(lm, ns.data, stride=ns.stride, **common)
     d = res.to_dict()
     _emit(d, ns.json, f"{ns.run} on {ns.data}\n" + _fmt({k: v for k, v in d.items() if v is not None}))
+
+
+def cmd_compare(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.eval.compare import compare, format_table
+
+    res = compare(
+        ns.models, ns.data, batch_size=ns.batch_size, stride=ns.stride, device=ns.device, plot=ns.plot,
+        skip_empty=ns.skip_empty_lines,
+    )  # fmt: skip
+    human = format_table(res) + (f"\nwrote {res.plot}" if res.plot else "")
+    _emit(res.to_dict(), ns.json, human)
+
+
+def cmd_scaling(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.scaling import ScalingOverrides, format_result, scaling
+
+    res = scaling(
+        ns.data, ns.sizes, ns.out, tokens_per_param=ns.tokens_per_param, max_steps=ns.max_steps,
+        overrides=namespace_overrides(ns, ScalingOverrides),
+    )  # fmt: skip
+    _emit(res.to_dict(), ns.json, format_result(res))
 
 
 def cmd_generate(ns: argparse.Namespace, rest: list[str]) -> None:
@@ -249,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         default="bpe",
-        choices=["bpe", "wordpiece", "unigram", "char"],
+        choices=["bpe", "wordpiece", "unigram", "char", "word"],
         help="tokenizer model (default: bpe)",
     )
     p.add_argument(
@@ -311,6 +334,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     _json_flag(p)
     p.set_defaults(func=cmd_eval)
+
+    p = new(
+        "compare",
+        "score n-gram models (ARPA) and runs on one text: per-word perplexity and bits per byte, which "
+        "compare across tokenizers",
+    )
+    p.add_argument("models", nargs="+", help="ARPA files (.arpa, .arpa.gz) and/or run directories")
+    p.add_argument(
+        "--data", required=True, help="held-out text, one sentence per line (file, directory, glob)"
+    )
+    p.add_argument("--plot", default=None, help="write a bar chart PNG of both measures here")
+    p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: the context)")
+    p.add_argument("--skip_empty_lines", action="store_true", help="leave out empty lines for every model")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _json_flag(p)
+    p.set_defaults(func=cmd_compare)
+
+    from lmforge.scaling import ScalingOverrides
+
+    p = new(
+        "scaling",
+        "train a ladder of decoder sizes on one corpus and fit L(N) = a * N^-alpha + c (scaling.json, plots/)",
+    )
+    p.add_argument(
+        "--data", required=True, help="raw text (files, directory, glob, hf:NAME) or a shard directory"
+    )
+    p.add_argument("--sizes", required=True, help="non-embedding parameter counts, e.g. 0.1M,0.3M,1M,3M")
+    p.add_argument("--out", required=True, help="ladder directory: <out>/data, <out>/<size>/, scaling.json")
+    p.add_argument(
+        "--tokens_per_param", type=float, default=20.0,
+        help="training tokens per parameter N (default: 20, Chinchilla-optimal)",
+    )  # fmt: skip
+    p.add_argument("--max_steps", type=int, default=2000, help="cap on each size's steps (default: 2000)")
+    add_dataclass_flags(p, ScalingOverrides)  # the keys the ladder sets are refused with a reason
+    _json_flag(p)
+    p.set_defaults(func=cmd_scaling)
 
     p = new("generate", "continue a prompt with a trained run (streams to the terminal)")
     p.add_argument("run", help="run directory")

@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import torch
 
-from lmforge.config import deep_merge, from_dict, load_yaml, to_dict
+from lmforge.config import coerce, deep_merge, from_dict, load_yaml, to_dict
 from lmforge.data.clean import CleanConfig
 from lmforge.data.masking import MaskingConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.config import ModelConfig
+from lmforge.models.config import BASELINE_ARCHS, Arch, ModelConfig
 from lmforge.objectives.electra import ElectraConfig
 from lmforge.objectives.plm import PLMConfig
 from lmforge.tokenizer import TokenizerConfig
@@ -52,6 +52,7 @@ class PretrainConfig:
     # next-sentence prediction (BERT); mlm+sop: masked LM and sentence-order prediction (ALBERT);
     # plm: permutation LM (XLNet); electra: replaced token detection (ELECTRA).
     objective: Literal["clm", "mlm", "mlm+nsp", "mlm+sop", "plm", "electra"] = "clm"
+    arch: Arch | None = None  # shortcut for model.arch (e.g. --arch lstm); none = model.arch decides
     model: ModelConfig = field(default_factory=ModelConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)
     plm: PLMConfig = field(default_factory=PLMConfig)
@@ -83,6 +84,15 @@ def build_config(
     elif config is not None:
         data = deep_merge(data, load_yaml(config))
     data = deep_merge(data, overrides or {})
+    if data.get("arch") is not None:  # the `arch` shortcut: moved into model.arch before it is validated
+        coerce(data["arch"], Arch, "arch")
+        model = data.get("model") or {}
+        if isinstance(model, dict) and model.get("arch") not in (None, data["arch"]):
+            raise LmforgeError(
+                f"arch={data['arch']} but model.arch={model['arch']}; give only one of --arch and --model.arch"
+            )
+        if isinstance(model, dict):  # anything else is reported by from_dict below
+            data = {**data, "arch": None, "model": {**model, "arch": data["arch"]}}
     return from_dict(PretrainConfig, data)
 
 
@@ -93,14 +103,20 @@ def resolve_arch(cfg: PretrainConfig) -> None:
     """The objective decides the architecture: masked-LM objectives train a bidirectional encoder.
 
     `model.arch` may be left at its default (decoder) for them and is switched here; asking for an
-    encoder with the causal objective is an error.
+    encoder with the causal objective is an error. The classic baselines (lstm, gru, nnlm) are causal
+    LMs: clm trains them, with their state carried across batches (lmforge.objectives.rnn).
     """
+    if cfg.model.arch in BASELINE_ARCHS and cfg.objective != "clm":
+        raise LmforgeError(
+            f"model.arch={cfg.model.arch} is a causal language model; train it with --objective clm "
+            f"(the default), or use --model.arch encoder for --objective {cfg.objective}"
+        )
     if cfg.objective in ENCODER_OBJECTIVES and cfg.model.arch == "decoder":
         cfg.model = from_dict(ModelConfig, {**to_dict(cfg.model), "arch": "encoder"})
-    elif cfg.objective == "clm" and cfg.model.arch != "decoder":
+    elif cfg.objective == "clm" and cfg.model.arch not in ("decoder", *BASELINE_ARCHS):
         raise LmforgeError(
             f"--objective clm trains a decoder, but model.arch={cfg.model.arch}; use an encoder objective "
-            f"({', '.join(ENCODER_OBJECTIVES)}) or --model.arch decoder"
+            f"({', '.join(ENCODER_OBJECTIVES)}) or --model.arch decoder (or {', '.join(BASELINE_ARCHS)})"
         )
 
 

@@ -5,7 +5,7 @@
 `tokenizer.json`, so a tokenizer trained here loads in `transformers` and one downloaded from the
 Hub (GPT-2, BERT, ...) loads here.
 
-Four kinds, chosen for how they treat text (Chinese included):
+Five kinds, chosen for how they treat text (Chinese included):
 
 * ``bpe``: byte-level BPE as in GPT-2. Every string maps to bytes first, so it never needs
   `<unk>` and ``decode(encode(x)) == x`` exactly, for any language or emoji.
@@ -17,6 +17,11 @@ Four kinds, chosen for how they treat text (Chinese included):
 * ``unigram``: a SentencePiece-style unigram LM over Metaspace (``▁`` marks spaces), which needs
   no word boundaries and so suits Chinese well. Characters never seen in training become `<unk>`.
 * ``char``: one token per Unicode character; characters outside the vocabulary become `<unk>`.
+* ``word``: one token per whitespace-separated word, for pre-tokenized benchmark text (WikiText,
+  Penn Treebank) run as the literature ran it: a closed vocabulary of the most frequent words,
+  every other word read as the unknown token. When the corpus writes its own ``<unk>`` (WikiText
+  does), that word is the unknown token, so unseen words and the corpus's ``<unk>`` are one event,
+  as for an n-gram model. Decoding joins the words with single spaces.
 
 Special-token roles (eos, pad, unk, mask, cls, sep, bos) are never stored separately: they are
 recovered from the token names in the file, which is what lets a bare `tokenizer.json` from a run
@@ -48,8 +53,8 @@ from lmforge.utils.io import atomic_write_text
 if TYPE_CHECKING:
     from lmforge.data.clean import CleanConfig
 
-TokenizerKind = Literal["bpe", "wordpiece", "unigram", "char"]
-KINDS: tuple[str, ...] = ("bpe", "wordpiece", "unigram", "char")
+TokenizerKind = Literal["bpe", "wordpiece", "unigram", "char", "word"]
+KINDS: tuple[str, ...] = ("bpe", "wordpiece", "unigram", "char", "word")
 
 # Role -> token, in id order (ids 0..5 of a freshly trained tokenizer).
 GPT_SPECIALS: dict[str, str] = {
@@ -115,9 +120,10 @@ def _join_cjk(text: str) -> str:
 class TokenizerConfig:
     """What to train. `vocab_size` counts the special tokens."""
 
-    # bpe (byte-level, GPT-2), wordpiece (BERT), unigram (SentencePiece-style) or char; "auto" in a
-    # pretraining config picks bpe for causal LM and wordpiece for the masked-LM objectives.
-    kind: Literal["auto", "bpe", "wordpiece", "unigram", "char"] = "bpe"
+    # bpe (byte-level, GPT-2), wordpiece (BERT), unigram (SentencePiece-style), char or word (whitespace
+    # words, closed vocabulary); "auto" in a pretraining config picks bpe for causal LM and wordpiece
+    # for the masked-LM objectives.
+    kind: Literal["auto", "bpe", "wordpiece", "unigram", "char", "word"] = "bpe"
     vocab_size: int = 8000
     min_frequency: int = 2
     lowercase: bool = False
@@ -191,6 +197,20 @@ def _build(cfg: TokenizerConfig) -> tuple[tokenizers.Tokenizer, Any]:
             unk_token=GPT_SPECIALS["unk"],
             show_progress=progress,
         )
+    elif cfg.kind == "word":
+        tok = tokenizers.Tokenizer(models.WordLevel(unk_token=GPT_SPECIALS["unk"]))
+        if lower:
+            tok.normalizer = normalizers.Sequence(lower)
+        # Split on whitespace only: pre-tokenized text keeps its punctuation tokens ("@-@", ",") as
+        # words. No decoder: the library's default decoding joins tokens with single spaces.
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        # vocab_size (specials included) and min_frequency are the cut-off of the closed vocabulary.
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vs,
+            min_frequency=mf,
+            special_tokens=list(GPT_SPECIALS.values()),
+            show_progress=progress,
+        )
     else:  # char
         tok = tokenizers.Tokenizer(models.WordLevel(unk_token=GPT_SPECIALS["unk"]))
         if lower:
@@ -241,6 +261,23 @@ def _train_unigram(
         backend.train_from_iterator(replay(), trainer=trainer)
 
 
+CORPUS_UNK = "<unk>"  # how WikiText and Penn Treebank write their own unknown word
+
+
+def _corpus_unk(backend: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """A trained word-level tokenizer whose unknown token is the corpus's own `<unk>`, if it has one.
+
+    Benchmark text that already replaced its rare words by `<unk>` expects every other unseen word
+    to be that same event (an n-gram model reads both as `<unk>`); mapping them to a second token
+    would split the probability mass and make per-word perplexities incomparable.
+    """
+    if backend.token_to_id(CORPUS_UNK) is None:
+        return backend
+    spec = json.loads(backend.to_str())
+    spec["model"]["unk_token"] = CORPUS_UNK
+    return tokenizers.Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+
+
 def _walk_types(node: Any) -> Iterator[dict[str, Any]]:
     """Every component dict in a (possibly nested Sequence) normaliser/pre-tokenizer/decoder."""
     if isinstance(node, dict):
@@ -262,7 +299,7 @@ def _infer_kind(spec: dict[str, Any]) -> str:
         return "unigram"
     if model == "WordLevel":
         char = any(p.get("type") == "FixedLength" and p.get("length") == 1 for p in parts)
-        return "char" if char else "wordlevel"
+        return "char" if char else "word"
     return str(model or "unknown").lower()
 
 
@@ -344,6 +381,8 @@ class Tokenizer:
             _train_unigram(backend, trainer, texts, vocab_size=int(cfg.vocab_size))
         else:
             backend.train_from_iterator(texts, trainer=trainer)
+        if cfg.kind == "word":
+            backend = _corpus_unk(backend)
         if cfg.kind == "wordpiece":
             cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
             # Lets transformers' BERT-style encode add [CLS] ... [SEP]; our encode() never does.

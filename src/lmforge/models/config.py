@@ -12,6 +12,7 @@ from typing import Literal
 
 # The classic baselines of lmforge.models.rnn, trained with their state carried across batches.
 BASELINE_ARCHS = ("lstm", "gru", "nnlm")
+Arch = Literal["decoder", "encoder", "encoder-decoder", "lstm", "gru", "nnlm"]
 
 
 def _h(text: str):
@@ -23,7 +24,7 @@ class ModelConfig:
     # decoder = GPT (causal LM); encoder = BERT (bidirectional, for masked-LM objectives); the classic
     # baselines (lmforge.models.rnn): lstm / gru = recurrent LM (Zaremba et al.), nnlm = feed-forward LM
     # (Bengio et al.); for these d_model is the embedding size, n_layer the stacked LSTM/GRU layers.
-    arch: Literal["decoder", "encoder", "encoder-decoder", "lstm", "gru", "nnlm"] = "decoder"
+    arch: Arch = "decoder"
     # Vocabulary size; 0 means "take it from the tokenizer" (padded up to a multiple of 64 for speed).
     vocab_size: int = 0
     n_layer: int = 6  # Transformer blocks

@@ -26,6 +26,8 @@ OBJECTIVES: dict[str, str] = {
     "mlm+sop": "lmforge.objectives.mlm",
     "plm": "lmforge.objectives.plm",
     "electra": "lmforge.objectives.electra",
+    # clm for the classic baselines (model.arch lstm/gru/nnlm): truncated BPTT, state carried
+    "clm-carried-state": "lmforge.objectives.rnn",
 }
 
 
@@ -40,7 +42,12 @@ class ObjectiveSetup:
 
 def setup_objective(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> ObjectiveSetup:
     """The ObjectiveSetup of `cfg.objective` (cfg is a PretrainConfig)."""
-    module = importlib.import_module(OBJECTIVES[cfg.objective])
+    from lmforge.models.config import BASELINE_ARCHS
+
+    name = cfg.objective
+    if name == "clm" and cfg.model.arch in BASELINE_ARCHS:
+        name = "clm-carried-state"
+    module = importlib.import_module(OBJECTIVES[name])
     return module.setup(cfg, shards, seq_len, dist, device)
 
 

@@ -8,6 +8,8 @@ Layout of a run directory's `train_state/`:
         model.safetensors         fp32 weights (lmforge.models.weights: tied duplicates stored once)
         optimizer.safetensors     every optimizer state tensor, keyed "state.<param>.<name>"
         rng.rank<R>.safetensors   each rank's torch (and CUDA) RNG state
+        objective.rank<R>.safetensors  each rank's objective state, if it has one (e.g. an LSTM's
+                                  hidden state carried across batches, lmforge.objectives.rnn)
         state.json                step, sampler position, best val loss, optimizer hyper-parameters,
                                   sha256 of each file above
 
@@ -108,8 +110,10 @@ def write_checkpoint(
     world_size: int = 1,
     keep_last: int = 2,
     barrier=None,
+    objective_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write train_state/step_N atomically; all ranks call it (each saves its own RNG)."""
+    """Write train_state/step_N atomically; all ranks call it (each saves its own RNG and
+    `objective_state`, the tensors the loss carries from step to step, if any)."""
     final = state_root / step_dir_name(step)
     tmp = state_root / f".tmp-{step_dir_name(step)}"
     if rank == 0:
@@ -119,6 +123,9 @@ def write_checkpoint(
     if barrier:
         barrier()
     save_file(rng_for_save(device), str(tmp / f"rng.rank{rank}.safetensors"))
+    if objective_state:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in objective_state.items()}
+        save_file(tensors, str(tmp / f"objective.rank{rank}.safetensors"))
     if barrier:
         barrier()
     if rank == 0:
@@ -216,3 +223,11 @@ def load_checkpoint(
     rng_file = ckpt / f"rng.rank{rank}.safetensors"
     if rng_file.is_file():
         restore_rng(read_safetensors(rng_file), device)
+
+
+def load_objective_state(ckpt: Path, *, device: torch.device, rank: int = 0) -> dict[str, torch.Tensor]:
+    """This rank's objective state saved by `write_checkpoint` ({} when the checkpoint has none)."""
+    f = ckpt / f"objective.rank{rank}.safetensors"
+    if not f.is_file():
+        return {}
+    return {k: v.to(device) for k, v in read_safetensors(f).items()}

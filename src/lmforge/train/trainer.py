@@ -163,6 +163,10 @@ class Trainer:
                 stacklevel=2,
             )
         ckpt.load_checkpoint(path, meta, self.model, self.optimizer, device=self.device, rank=self.dist.rank)
+        if hasattr(self.objective, "load_state_tensors"):  # e.g. an LSTM state carried across batches
+            self.objective.load_state_tensors(
+                ckpt.load_objective_state(path, device=self.device, rank=self.dist.rank)
+            )
         self.train_batches.load_state_dict(meta["sampler"])
         self.step = int(meta["step"])
         best = meta.get("best_val")  # null until the first evaluation
@@ -185,6 +189,7 @@ class Trainer:
             self.state_root, self.step, self.model, self.optimizer, state,
             device=self.device, rank=self.dist.rank, world_size=self.dist.world_size,
             keep_last=self.cfg.keep_last, barrier=self.dist.barrier,
+            objective_state=self.objective.state_tensors() if hasattr(self.objective, "state_tensors") else None,
         )  # fmt: skip
         if self.dist.is_main and self.best_step is None:
             # No evaluation yet: the run's weights are the latest ones.
