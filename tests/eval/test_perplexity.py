@@ -60,3 +60,25 @@ def test_bits_per_byte_and_stream_layout(tmp_path):
     assert res.documents == 2 and res.bytes == nbytes and res.tokens == len(ids) - 1
     assert res.bits_per_byte == pytest.approx(res.loss * res.tokens / math.log(2) / res.bytes)
     assert res.perplexity == pytest.approx(math.exp(res.loss))
+
+
+def test_recurrent_runs_are_scored_with_carried_state(tmp_path, tiny_corpus):
+    import lmforge
+    from lmforge.eval.compare import score_carried
+    from lmforge.eval.perplexity import evaluate_lm, token_stream
+
+    run = tmp_path / "lstm"
+    lmforge.pretrain(data=str(tiny_corpus), out=str(run), **{
+        "model.arch": "lstm", "model.n_layer": 1, "model.d_model": 32, "model.max_len": 16,
+        "tokenizer.vocab_size": 300, "train.max_steps": 3, "train.batch_size": 4, "train.tensorboard": False,
+        "train.plot": False, "train.progress": False,
+    })  # fmt: skip
+    lm = lmforge.load(run)
+    held = tmp_path / "held.txt"
+    held.write_text("the model learns the data\nthe token is a word\n" * 20, encoding="utf-8")
+    res = evaluate_lm(lm, str(held), batch_size=2)
+    ids, _ = token_stream(lm.tokenizer, [held.read_text(encoding="utf-8")])
+    nll, count = score_carried(lm.model, ids, context=16, streams=2)
+    assert res.tokens == count and abs(res.loss - nll / count) < 1e-6
+    fresh = evaluate_lm(lm, str(held), batch_size=2, stride=16)  # window by window from a fresh state
+    assert fresh.tokens == count and abs(fresh.loss - res.loss) > 1e-6

@@ -8,7 +8,8 @@ counted as one byte, like a newline) and compares any two models.
 
 Long texts are scored in windows of the model's context. With `stride` < context, windows
 overlap and only the last `stride` targets of each are scored, so every scored token sees at
-least `context - stride` tokens of history (the usual sliding-window perplexity).
+least `context - stride` tokens of history (the usual sliding-window perplexity). Recurrent
+models (whose forward takes a `state`) instead carry their state from one window to the next.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def score_stream(
             x, y = block[:, :-1], block[:, 1:]
             logits = model(x)
             logits = getattr(logits, "logits", logits)
+            if isinstance(logits, tuple):  # a recurrent model's (logits, state), from a fresh state
+                logits = logits[0]
             nll = F.cross_entropy(
                 logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
             )
@@ -110,11 +113,25 @@ def evaluate_lm(
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise LmforgeError(f"{data}: no text to evaluate on; give a file with held-out text")
+    from lmforge.eval.compare import score_carried, takes_state
+
     ids, nbytes = token_stream(lm.tokenizer, texts)
     model = lm.model.eval()
-    nll, count = score_stream(
-        model, ids, context=lm.model_config.max_len, stride=stride, batch_size=batch_size, device=lm.device
-    )
+    if takes_state(model) and stride is None:
+        # Recurrent models carry their state from window to window, as they are evaluated in the
+        # literature; a fresh state per window would understate them.
+        nll, count = score_carried(
+            model, ids, context=lm.model_config.max_len, streams=batch_size, device=lm.device
+        )
+    else:
+        nll, count = score_stream(
+            model,
+            ids,
+            context=lm.model_config.max_len,
+            stride=stride,
+            batch_size=batch_size,
+            device=lm.device,
+        )
     if count == 0:
         raise LmforgeError(f"{data}: too little text to score (needs at least two tokens)")
     loss = nll / count
