@@ -274,3 +274,18 @@ def test_keeps_python_docstrings():
     assert len(docstrings) > 20
     _, summary = run(docstrings, dedup=False, near_dedup=False)
     assert summary.docs_kept == len(docstrings), summary.format()
+
+
+def test_disabled_cleaning_keeps_benchmark_text_exactly():
+    docs = [
+        Document(" = Heading = ", "wiki", 0),
+        Document("short", "wiki", 0),
+        Document("short", "wiki", 0),  # an exact repeat
+        Document("a  line\twith   odd   spacing and \u00a0 a no-break space", "wiki", 0),
+    ]
+    cleaner = Cleaner(CleanConfig(enabled=False))
+    kept = list(cleaner(docs))
+    assert [d.text for d in kept] == [d.text for d in docs]
+    s = cleaner.summary
+    assert s.docs_in == s.docs_kept == 4 and s.chars_in == s.chars_kept and not any(s.dropped.values())
+    assert cleaner.clean_text(docs[3].text) == docs[3].text

@@ -57,6 +57,9 @@ _MIN_NGRAMS_FOR_REPETITION = 20
 class CleanConfig:
     """What the cleaner keeps. Every default keeps real prose, code docs and verse in any script."""
 
+    # false: take the text exactly as it is (published benchmarks such as WikiText or Penn Treebank,
+    # whose headings, short lines and repeats are part of the test): no normalising, filter or dedup
+    enabled: bool = True
     # NFKC, drop invisible characters, tidy spaces and blank lines, so one meaning has one text form
     normalize: bool = True
     # drop documents shorter than this (after normalisation): headings and fragments, not text
@@ -389,6 +392,9 @@ class Cleaner:
         )
 
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+        if not self.cfg.enabled:
+            yield from self._pass_through(docs)
+            return
         batch: list[_Item] = []
         decisions: list[str | None] = []  # per document of the batch: drop reason or None (kept)
         chars = 0
@@ -401,11 +407,24 @@ class Cleaner:
                 batch, decisions, chars = [], [], 0
         yield from self._flush(batch, decisions)
 
+    def _pass_through(self, docs: Iterable[Document]) -> Iterator[Document]:
+        """Every document unchanged (cleaning disabled), still counted in the summary."""
+        s = self._summary
+        for doc in docs:
+            if doc.part == 0:
+                s.docs_in += 1
+                s.docs_kept += 1
+            s.chars_in += len(doc.text)
+            s.chars_kept += len(doc.text)
+            yield doc
+
     def clean_text(self, text: str, *, first_part: bool = True) -> str:
         """The normalisation and PII scrubbing applied to every kept document (no filtering)."""
         return self._transform(text, first_part)[0]
 
     def _transform(self, text: str, first_part: bool) -> tuple[str, dict[str, int] | None]:
+        if not self.cfg.enabled:
+            return text, None
         if self.cfg.normalize:
             text = normalize_text(text, first_part=first_part)
         if self.cfg.pii:

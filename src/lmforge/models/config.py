@@ -1,4 +1,4 @@
-"""ModelConfig: one Transformer, many architectures.
+"""ModelConfig: one dataclass for every architecture lmforge builds.
 
 GPT-2, Llama-style and BERT-style models are the same blocks switched by these fields: a new
 variant of an architecture is a new config, not a new file. `arch` picks how the blocks are
@@ -27,7 +27,7 @@ class ModelConfig:
     arch: Arch = "decoder"
     # Vocabulary size; 0 means "take it from the tokenizer" (padded up to a multiple of 64 for speed).
     vocab_size: int = 0
-    n_layer: int = 6  # Transformer blocks
+    n_layer: int = 6  # Transformer blocks (stacked LSTM/GRU layers for those baselines)
     n_head: int = 6  # attention heads (d_model must divide evenly)
     # Key/value heads for grouped-query attention; None means n_head (plain multi-head attention).
     n_kv_head: int | None = None
