@@ -1,0 +1,155 @@
+"""Task metrics: classification (scikit-learn), NER (seqeval) and SQuAD v1.1 EM/F1.
+
+Classification and NER delegate to the reference libraries so the numbers match what papers report;
+SQuAD is small enough to implement from its published definition, which keeps the dependency list short.
+scikit-learn and seqeval are imported lazily so the readers work without the `tasks` extra.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from lmforge.errors import LmforgeError
+from lmforge.tasks.readers import QAExample
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LmforgeError(f"{module} is needed for task metrics; install lmforge[tasks]") from None
+
+
+def classification_metrics(
+    y_true: Sequence[str | int], y_pred: Sequence[str | int], labels: Sequence[str | int]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 over `labels` (all of them, even ones never predicted), and sklearn's report.
+
+    Returns {"accuracy", "macro_f1", "report" (dict), "report_text"}; accuracy and F1 are in [0, 1].
+    Passing `labels` explicitly keeps macro-F1 comparable between runs where a class happens to be
+    absent from the predictions; such classes count with F1 = 0.
+    """
+    if len(y_true) != len(y_pred):
+        raise LmforgeError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
+    if not y_true:
+        raise LmforgeError("no examples to score")
+    sk = _require("sklearn.metrics")
+    labels = list(labels)
+    names = [str(lab) for lab in labels]
+    return {
+        "accuracy": float(sk.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(sk.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "report": sk.classification_report(
+            y_true, y_pred, labels=labels, target_names=names, output_dict=True, zero_division=0
+        ),
+        "report_text": sk.classification_report(
+            y_true, y_pred, labels=labels, target_names=names, digits=4, zero_division=0
+        ),
+    }
+
+
+def ner_metrics(
+    true_tags: Sequence[Sequence[str]],
+    pred_tags: Sequence[Sequence[str]],
+    *,
+    strict_scheme: str | None = None,
+) -> dict[str, Any]:
+    """Entity-level micro precision/recall/F1 and per-type scores via seqeval, in [0, 1].
+
+    Default mode is seqeval's conlleval-compatible one (an entity is any chunk conlleval would
+    extract, including ones started by a stray `I-`). `strict_scheme="IOB2"` (or "IOBES", ...) uses
+    seqeval's strict mode, where only well-formed chunks count.
+    Returns {"precision", "recall", "f1", "per_type": {type: {precision, recall, f1, support}}, "report_text"}.
+    """
+    if len(true_tags) != len(pred_tags):
+        raise LmforgeError(f"{len(true_tags)} gold sentences but {len(pred_tags)} predicted")
+    for i, (t, p) in enumerate(zip(true_tags, pred_tags)):
+        if len(t) != len(p):
+            raise LmforgeError(f"sentence {i}: {len(t)} gold tags but {len(p)} predicted")
+    sq = _require("seqeval.metrics")
+    kwargs: dict[str, Any] = {}
+    if strict_scheme is not None:
+        schemes = _require("seqeval.scheme")
+        kwargs = {"mode": "strict", "scheme": getattr(schemes, strict_scheme.upper())}
+    y_true, y_pred = [list(t) for t in true_tags], [list(p) for p in pred_tags]
+    report = sq.classification_report(y_true, y_pred, output_dict=True, zero_division=0, **kwargs)
+    per_type = {
+        name: {
+            "precision": float(v["precision"]),
+            "recall": float(v["recall"]),
+            "f1": float(v["f1-score"]),
+            "support": int(v["support"]),
+        }
+        for name, v in report.items()
+        if not name.endswith(" avg")
+    }
+    return {
+        "precision": float(sq.precision_score(y_true, y_pred, zero_division=0, **kwargs)),
+        "recall": float(sq.recall_score(y_true, y_pred, zero_division=0, **kwargs)),
+        "f1": float(sq.f1_score(y_true, y_pred, zero_division=0, **kwargs)),
+        "per_type": per_type,
+        "report_text": sq.classification_report(y_true, y_pred, digits=4, zero_division=0, **kwargs),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# SQuAD v1.1 (written from the definition in Rajpurkar et al. 2016 and its evaluation description)
+# ----------------------------------------------------------------------------------------------------
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace.
+
+    The steps run in this order, so "The" is removed after lowercasing and "a." becomes "a" before the
+    article pass removes it.
+    """
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Bag-of-tokens F1 between normalized answers; 0 when either side normalizes to nothing."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(predictions: Mapping[str, str], examples: Iterable[QAExample]) -> dict[str, float]:
+    """SQuAD v1.1 exact match and F1 (×100), each the max over an example's gold answers, averaged.
+
+    Every example counts: a question with no prediction scores 0 (reported as `missing`), as in the
+    official evaluation. Predictions for ids not among the examples are ignored.
+    """
+    em_sum = f1_sum = 0.0
+    n = missing = 0
+    for ex in examples:
+        n += 1
+        if ex.id not in predictions:
+            missing += 1
+            continue
+        if not ex.answers:
+            raise LmforgeError(f"question {ex.id} has no gold answers to score against")
+        pred = predictions[ex.id]
+        em_sum += max(exact_match(pred, a.text) for a in ex.answers)
+        f1_sum += max(token_f1(pred, a.text) for a in ex.answers)
+    if n == 0:
+        raise LmforgeError("no examples to score")
+    return {"exact_match": 100.0 * em_sum / n, "f1": 100.0 * f1_sum / n, "count": n, "missing": missing}

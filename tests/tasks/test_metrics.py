@@ -1,0 +1,98 @@
+"""Task metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("seqeval")
+
+from lmforge.errors import LmforgeError
+from lmforge.tasks.metrics import (
+    classification_metrics,
+    exact_match,
+    ner_metrics,
+    normalize_answer,
+    squad_metrics,
+    token_f1,
+)
+from lmforge.tasks.readers import Answer, QAExample
+
+
+def test_classification_accuracy_and_macro_f1():
+    y_true = ["a", "a", "b", "b", "c"]
+    y_pred = ["a", "b", "b", "b", "a"]
+    m = classification_metrics(y_true, y_pred, labels=["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    # a: P 1/2 R 1/2 F 1/2; b: P 2/3 R 1 F 4/5; c: never predicted, F 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m["report"]["b"]["recall"] == pytest.approx(1.0)
+    assert m["report"]["c"]["support"] == 1
+    assert "macro avg" in m["report_text"]
+
+
+def test_classification_with_int_ids_and_length_check():
+    m = classification_metrics([0, 1, 1, 0], [0, 1, 0, 0], labels=[0, 1])
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert set(m["report"]) >= {"0", "1"}
+    with pytest.raises(LmforgeError):
+        classification_metrics([0, 1], [0], labels=[0, 1])
+
+
+def test_ner_entity_level():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O", "O"]]
+    m = ner_metrics(gold, pred)
+    # gold entities 4 (PER, LOC, ORG, PER), predicted 3 (PER, ORG, ORG), correct 2 (PER, ORG)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 4)
+    assert m["f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert m["per_type"]["PER"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert m["per_type"]["LOC"]["f1"] == 0.0
+    assert m["per_type"]["ORG"]["precision"] == pytest.approx(0.5)
+
+
+def test_ner_default_vs_strict():
+    gold = [["B-PER", "I-PER"]]
+    pred = [["I-PER", "I-PER"]]  # conlleval counts a chunk started by I-; strict IOB2 does not
+    assert ner_metrics(gold, pred)["f1"] == pytest.approx(1.0)
+    assert ner_metrics(gold, pred, strict_scheme="IOB2")["f1"] == pytest.approx(0.0)
+    with pytest.raises(LmforgeError, match="sentence 0"):
+        ner_metrics(gold, [["O"]])
+
+
+@pytest.mark.parametrize(
+    ("text", "norm"),
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  an   apple, a pear ", "apple pear"),
+        ("Theater", "theater"),  # articles are whole words only
+        ("U.S.A.", "usa"),
+        ("a", ""),
+    ],
+)
+def test_normalize_answer(text, norm):
+    assert normalize_answer(text) == norm
+
+
+def test_em_and_f1_cases():
+    assert exact_match("the Denver Broncos", "Denver Broncos!") == 1.0
+    assert exact_match("Broncos", "Denver Broncos") == 0.0
+    # pred {denver, broncos, team} vs gold {denver, broncos}: P 2/3, R 1 -> F1 0.8
+    assert token_f1("Denver Broncos team", "the Denver Broncos") == pytest.approx(0.8)
+    assert token_f1("a the", "the") == 0.0  # both normalize to nothing: 0 in v1.1
+    assert token_f1("cat cat dog", "cat dog dog") == pytest.approx(2 / 3)  # multiset overlap 2
+
+
+def _ex(qid, *golds):
+    return QAExample(qid, "t", "ctx", "q", [Answer(g, 0) for g in golds])
+
+
+def test_squad_metrics_max_over_golds_and_missing():
+    examples = [_ex("1", "Denver Broncos", "Broncos"), _ex("2", "blue sky"), _ex("3", "x")]
+    preds = {"1": "broncos.", "2": "the sky", "extra": "ignored"}
+    m = squad_metrics(preds, examples)
+    # q1: EM 1 (matches "Broncos"), F1 1; q2: EM 0, F1 P 1 R 1/2 -> 2/3; q3 missing: 0
+    assert m["exact_match"] == pytest.approx(100 * 1 / 3)
+    assert m["f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
+    assert m["count"] == 3 and m["missing"] == 1
