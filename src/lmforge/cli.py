@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -440,8 +441,16 @@ def _leaf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.A
     return node
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Warnings as the CLI's other messages: `lmforge: warning: ...`, without a source excerpt."""
+    return f"lmforge: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     try:
         ns, rest = parser.parse_known_args(argv)

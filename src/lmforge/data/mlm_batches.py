@@ -94,6 +94,7 @@ class MaskedLMBatches:
         if self.budget < 2:
             raise LmforgeError(f"train.seq_len={seq_len} is too short for masked-LM examples; use at least 8")
         self.state = SamplerState()
+        self._warned_one_document = False
         eos = tokenizer.eos_id if eos_id is None else eos_id
         self._index_sentences(np.asarray(doc_offsets, dtype=np.int64), eos)
         self.word_start: np.ndarray | None = None
@@ -220,10 +221,13 @@ class MaskedLMBatches:
                 return other
             other[same] = rng.integers(0, m, size=int(same.sum()))
         if len(np.unique(c_doc)) < 2:  # a one-document validation split: any chunk but this one
-            warnings.warn(
-                f"the {self.name} split is a single document: NSP's random segments come from the same document",
-                stacklevel=3,
-            )
+            if not self._warned_one_document:
+                self._warned_one_document = True
+                warnings.warn(
+                    f"the {self.name} split is a single document: NSP's random segments come from the same "
+                    "document",
+                    stacklevel=3,
+                )
             return np.where(other == np.arange(m), (other + max(1, m // 2)) % m, other)
         return other  # vanishingly rare leftovers; their label is still correct about order
 
