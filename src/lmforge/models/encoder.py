@@ -19,8 +19,6 @@ as in the decoder, `norm_f` (pre-norm only), `pooler`, `mlm_head.{dense,norm}`, 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +29,8 @@ from lmforge.models.layers import (
     Block,
     RotaryEmbedding,
     check_length,
+    init_normal,
+    init_transformer,
     linear_cross_entropy,
     make_norm,
     sinusoidal_table,
@@ -90,20 +90,11 @@ class Encoder(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 
-        self.apply(self._init_weights)
-        if not post:  # the GPT-2 depth scaling only makes sense for a pre-norm residual stream
-            resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
-            for name, p in self.named_parameters():
-                if name.endswith(("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight")):
-                    nn.init.normal_(p, mean=0.0, std=resid_std)
+        # The GPT-2 depth scaling only makes sense for a pre-norm residual stream.
+        init_transformer(self, cfg, scale_residual=not post)
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        init_normal(module, self.config.init_std)
 
     # ------------------------------------------------------------ backbone
 

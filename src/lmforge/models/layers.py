@@ -8,6 +8,8 @@ flag and an optional padding mask so that encoders reuse it unchanged.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -452,6 +454,28 @@ def _linear_cross_entropy(
     return loss_sum / count, count, grad_x, grad_w, grad_b
 
 
+def init_normal(module: nn.Module, std: float) -> None:
+    """GPT-2/BERT initialisation of one module: N(0, std) weights for Linear and Embedding, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+def init_transformer(model: nn.Module, cfg: ModelConfig, *, scale_residual: bool = True) -> None:
+    """Initialise every Linear/Embedding of `model` with `init_normal`, then (GPT-2) scale the
+    projections that write into the residual stream by 1/sqrt(2*n_layer): each block adds two
+    outputs to it, and this keeps its variance independent of depth in a pre-norm model."""
+    model.apply(lambda m: init_normal(m, cfg.init_std))
+    if scale_residual:
+        resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        for name, p in model.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=resid_std)
+
+
 def check_length(length: int, max_len: int) -> None:
     """Refuse sequences the position tables (or the KV cache) were not built for."""
     if length > max_len:
@@ -470,6 +494,8 @@ __all__ = [
     "RotaryEmbedding",
     "apply_rope",
     "check_length",
+    "init_normal",
+    "init_transformer",
     "linear_cross_entropy",
     "make_norm",
     "rotate_half",

@@ -8,8 +8,6 @@ stable: `tok_emb.weight`, `pos_emb.weight`, `blocks.{i}.attn.qkv.weight`, `block
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -20,6 +18,8 @@ from lmforge.models.layers import (
     KVCache,
     RotaryEmbedding,
     check_length,
+    init_normal,
+    init_transformer,
     linear_cross_entropy,
     make_norm,
     sinusoidal_table,
@@ -57,21 +57,10 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 
-        self.apply(self._init_weights)
-        # GPT-2: each block adds two outputs to the residual stream, so scale the projections that
-        # write into it by 1/sqrt(2*n_layer) to keep its variance independent of depth.
-        resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(p, mean=0.0, std=resid_std)
+        init_transformer(self, cfg)
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        init_normal(module, self.config.init_std)
 
     def forward(
         self, idx: torch.Tensor, *, cache: KVCache | None = None, targets: torch.Tensor | None = None
