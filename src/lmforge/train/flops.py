@@ -15,14 +15,15 @@ import time
 
 import torch
 
-# Dense tensor-core peaks (FLOP/s) for bf16/fp16; fp32 entries are TF32 where applicable.
+# Dense datasheet peaks (FLOP/s): tensor cores for bf16/fp16; plain FP32 for fp32, because PyTorch
+# leaves TF32 off for float32 matmuls unless asked.
 _GPU_PEAKS = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 494e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 494e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 60e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 62e12},
-    "4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
+    "4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
 }
 
 

@@ -35,7 +35,7 @@ from lmforge.train.config import TrainConfig
 from lmforge.train.flops import cpu_has_native_bf16, peak_flops
 from lmforge.train.logger import MetricsLogger
 from lmforge.train.optim import lr_at, make_optimizer
-from lmforge.train.parallel import DistInfo, all_reduce_sum, parallelize
+from lmforge.train.parallel import DistInfo, all_reduce_sum, parallelize, resolve_device
 from lmforge.utils.io import atomic_write_json
 
 Objective = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -82,6 +82,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensor, or tuple / list / dict of them) on `device`; tensors already there are not
+    copied, so sources that build batches on the device cost nothing here."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        moved = [to_device(t, device) for t in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -118,7 +131,8 @@ class Trainer:
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = dist or DistInfo()
-        self.device = device or torch.device("cpu")
+        # An explicit device wins (torchrun passes the local rank's); otherwise train.device decides.
+        self.device = device or resolve_device(cfg.device, self.dist.local_rank)
         self.model = model.to(self.device)  # the plain module: what we save and evaluate
         self.train_batches, self.objective = train_batches, objective
         if val_batches is None and val_tokens is not None and len(val_tokens) > 1:
@@ -209,8 +223,7 @@ class Trainer:
         names: list[str] | None = None
         total: torch.Tensor | None = None  # (weight, loss * weight, metric * weight...)
         for batch in self.val_batches():
-            if isinstance(batch, (tuple, list)):
-                batch = tuple(t.to(self.device) for t in batch)
+            batch = to_device(batch, self.device)
             w = batch_weight(batch)
             with autocast(self.device, self.precision):
                 loss, metrics = self.objective(self.model, batch)
@@ -264,7 +277,7 @@ class Trainer:
         step_loss = torch.zeros((), device=device)
         step_metrics: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
-            batch = self.train_batches.next_batch()
+            batch = to_device(self.train_batches.next_batch(), device)
             sync_ctx = (
                 self.step_model.no_sync()
                 if self.dist.enabled and micro < cfg.grad_accum - 1 and hasattr(self.step_model, "no_sync")
