@@ -28,9 +28,11 @@ __all__ = [
     "evaluate",
     "export_hf",
     "fill_mask",
+    "finetune",
     "generate",
     "import_hf",
     "load",
+    "predict",
     "prepare",
     "pretrain",
     "scaling",
@@ -65,9 +67,28 @@ def pretrain(config: Any = None, **kwargs: Any):
     return _pretrain(config, **kwargs)
 
 
+def finetune(config: Any = None, **kwargs: Any):
+    """Fine-tune a pretrained run on a labelled task (task="classify" | "ner" | "qa")."""
+    from lmforge.finetuning import finetune as _finetune
+
+    return _finetune(config, **kwargs)
+
+
+def predict(run: Any, input: str | Path, output: str | Path | None = None, **kwargs: Any) -> dict:
+    """Predictions of a fine-tuned task run on a file, written as JSONL / CoNLL / SQuAD JSON."""
+    from lmforge.finetuning import predict as _predict
+
+    return _predict(run, input, output, **kwargs)
+
+
 def evaluate(run: Any, data: Any, **kwargs: Any):
-    """Scores of a run (path or loaded) on held-out text: loss, perplexity and bits per byte for a
-    causal LM; masked-token loss/accuracy and NSP/SOP accuracy for a masked-LM encoder."""
+    """Scores of a run (path or loaded) on held-out data: loss, perplexity and bits per byte for a
+    causal LM; masked-token loss/accuracy and NSP/SOP accuracy for a masked-LM encoder; the task's
+    metrics (accuracy / macro-F1, entity P/R/F1, EM/F1) for a fine-tuned task run."""
+    from lmforge.finetuning import TaskRun, evaluate_task, is_task_run
+
+    if isinstance(run, TaskRun) or (isinstance(run, (str, Path)) and is_task_run(run)):
+        return evaluate_task(run, data, **kwargs)
     lm = load(run) if isinstance(run, (str, Path)) else run
     if lm.model_config.arch == "encoder":
         from lmforge.eval.masked import evaluate_masked

@@ -30,6 +30,10 @@ EPILOG = """examples:
   lmforge generate runs/gpt --prompt "The meaning of" --max_new_tokens 100 --temperature 0.8 --top_p 0.95
   lmforge export hf runs/gpt out/hf_gpt
   lmforge import hf some/hf_gpt2_dir runs/imported
+  lmforge finetune classify --model runs/bert --train sst2/train.tsv --dev sst2/dev.tsv --out runs/sst2
+  lmforge finetune ner --model runs/bert --train conll/train.txt --dev conll/valid.txt --crf true --out runs/ner
+  lmforge predict runs/sst2 --input new.tsv --output predictions.jsonl
+  lmforge evaluate runs/ner --data conll/test.txt
   lmforge ngram train --data train.txt --order 5 --smoothing modified-kneser-ney --out lm5.arpa
   lmforge ngram eval lm5.arpa --data test.txt
   lmforge compare --data test.txt lm5.arpa runs/lstm runs/gpt --plot compare.png   # per-word ppl, bits/byte
@@ -113,6 +117,45 @@ def cmd_pretrain(ns: argparse.Namespace, rest: list[str]) -> None:
         human += f"\nvalidation perplexity: {result.val_ppl:.2f}"
     d["val_metrics"] = metrics or None
     _emit(d, ns.json, human)
+
+
+def cmd_finetune(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.finetuning import FinetuneConfig, finetune
+
+    overrides = namespace_overrides(ns, FinetuneConfig)
+    overrides["task"] = ns.task
+    result = finetune(ns.config, resume=ns.resume, **overrides)
+    d = result.to_dict()
+    metrics = d.pop("val_metrics", None) or {}
+    for k in ("val_ppl",):
+        d.pop(k, None)
+    human = "fine-tuning finished\n" + _fmt({k: v for k, v in d.items() if v is not None})
+    if metrics:
+        human += "\ndev (last evaluation): " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    d["val_metrics"] = metrics or None
+    _emit(d, ns.json, human)
+
+
+def cmd_predict(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.finetuning import predict
+    from lmforge.train.parallel import resolve_device
+
+    res = predict(ns.run, ns.input, ns.output, batch_size=ns.batch_size, device=resolve_device(ns.device))
+    res.pop("predictions", None)
+    human = f"wrote {res['output']} ({res['examples']:,} examples)"
+    if "metrics" in res:
+        human += "\n" + _fmt(res["metrics"])
+    _emit(res, ns.json, human)
+
+
+def cmd_evaluate(ns: argparse.Namespace, rest: list[str]) -> None:
+    from lmforge.finetuning import evaluate_task
+    from lmforge.train.parallel import resolve_device
+
+    res = evaluate_task(ns.run, ns.data, batch_size=ns.batch_size, device=resolve_device(ns.device))
+    text = res.pop("report_text")
+    scalars = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
+    _emit(res, ns.json, f"{text}\n" + _fmt(scalars))
 
 
 def cmd_eval(ns: argparse.Namespace, rest: list[str]) -> None:
@@ -416,6 +459,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory to create")
     _json_flag(p)
     p.set_defaults(func=cmd_import_hf)
+
+    ft = new("finetune", "fine-tune a pretrained run on a labelled task (classification, NER, extractive QA)")
+    ft_sub = ft.add_subparsers(dest="task", metavar="<task>", required=True)
+    from lmforge.finetuning import FinetuneConfig
+
+    task_help = {
+        "classify": "sequence classification of texts or text pairs (TSV/CSV/JSONL)",
+        "ner": "named-entity recognition / tagging (CoNLL column files)",
+        "qa": "extractive question answering (SQuAD v1.1 JSON)",
+    }
+    qa_only = ("doc_stride", "max_query_len", "max_answer_len", "n_best")
+    ner_only = ("token_column", "tag_column", "scheme", "crf", "label_all_pieces")
+    classify_only = ("text_column", "text_pair_column", "label_column", "pooling")
+    task_skip = {
+        "classify": (*qa_only, *ner_only),
+        "ner": (*qa_only, *classify_only),
+        "qa": (*ner_only, *classify_only, "class_weights"),
+    }
+    for task, help_text in task_help.items():
+        p = ft_sub.add_parser(task, help=help_text, description=help_text, allow_abbrev=False)
+        p.add_argument("--config", help="YAML file with fine-tuning and train sections; flags override it")
+        p.add_argument(
+            "--resume", action="store_true", help="continue the run in --out exactly where it stopped"
+        )
+        p.add_argument("--model", dest="model", default=argparse.SUPPRESS,
+                       help="pretrained run directory (encoder or decoder) or Hugging Face model directory")  # fmt: skip
+        p.add_argument("--train", dest="train_file", default=argparse.SUPPRESS, help="labelled training file")
+        p.add_argument("--dev", dest="dev_file", default=argparse.SUPPRESS,
+                       help="labelled dev file: picks the best checkpoint by the task metric")  # fmt: skip
+        add_dataclass_flags(
+            p, FinetuneConfig, skip=("task", "model", "train_file", "dev_file", *task_skip[task])
+        )
+        _json_flag(p)
+        p.set_defaults(func=cmd_finetune)
+
+    p = new("predict", "predict with a fine-tuned task run (JSONL, CoNLL or SQuAD prediction JSON)")
+    p.add_argument("run", help="fine-tuned task run directory")
+    p.add_argument("--input", required=True, help="file to predict on (gold labels optional)")
+    p.add_argument("--output", required=True, help="where to write the predictions")
+    p.add_argument("--batch_size", type=int, default=64, help="inputs per forward pass (default: 64)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    _json_flag(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = new("evaluate", "score a fine-tuned task run on a labelled file with the task's metrics")
+    p.add_argument("run", help="fine-tuned task run directory")
+    p.add_argument("--data", required=True, help="labelled file in the task's format")
+    p.add_argument("--batch_size", type=int, default=64, help="inputs per forward pass (default: 64)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    _json_flag(p)
+    p.set_defaults(func=cmd_evaluate)
 
     from lmforge.ngram.cli import add_ngram_commands
 

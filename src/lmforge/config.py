@@ -110,6 +110,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     if unknown:
         key = unknown[0]
         raise LmforgeError(f"unknown config key '{prefix}{key}'{_suggest(key, list(ftypes))}")
+    # A nested section given in part starts from the parent's own default for it, not the nested
+    # class's: PretrainConfig's tokenizer defaults to kind=auto, TokenizerConfig alone to bpe, and
+    # `--tokenizer.vocab_size 200` must not silently switch the kind.
+    for f in dataclasses.fields(cls):
+        value = data.get(f.name)
+        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                data[f.name] = deep_merge(to_dict(default), value)
     kwargs = {k: coerce(v, ftypes[k], prefix + k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)

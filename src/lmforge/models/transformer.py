@@ -83,6 +83,24 @@ class Transformer(nn.Module):
                 "create it with a larger max_len (model.new_cache) or reset it"
             )
 
+        x = self._trunk(idx, start, cache)
+        if cache is not None:
+            cache.length += T
+        if targets is not None:
+            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return self.lm_head(x)  # (B, T, vocab_size)
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) -> the final hidden states (B, T, d_model) that the LM head reads.
+
+        Task heads (classification, tagging, QA) start from these. The attention is causal, so
+        right padding changes nothing at real positions: position t sees tokens 0..t only.
+        """
+        check_length(idx.size(1), self.config.max_len)
+        return self._trunk(idx, 0, None)
+
+    def _trunk(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+        T = idx.size(1)
         x = self.tok_emb(idx)  # (B, T, d_model)
         rope = None
         if self.rope is not None:
@@ -94,12 +112,7 @@ class Transformer(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope=rope, causal=True, cache=cache)
-        x = self.norm_f(x)
-        if cache is not None:
-            cache.length += T
-        if targets is not None:
-            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
-        return self.lm_head(x)  # (B, T, vocab_size)
+        return self.norm_f(x)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (a tied embedding counted once).

@@ -33,6 +33,9 @@ class TrainConfig:
     save_every: int = 500  # steps between checkpoints (0 = only at the end)
     keep_last: int = 2  # checkpoints kept in train_state/ besides the best one
     early_stopping_patience: int = 0  # stop after this many evaluations without improvement (0 = off)
+    # The validation figure that picks the best weights and drives early stopping: loss (lower is
+    # better), or a metric the evaluation reports (accuracy, f1, exact_match...: higher is better).
+    select_metric: str = "loss"
     log_every: int = 10  # steps between metric rows (each log is one host sync)
     max_nan_steps: int = 5  # consecutive non-finite steps tolerated (each skipped) before stopping
     threads: int = 0  # CPU threads for PyTorch (0 = leave PyTorch's default)

@@ -7,30 +7,46 @@ counter alone restores the exact learning rate.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from lmforge.errors import LmforgeError
 from lmforge.train.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices of linear layers only.
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None
+) -> list[dict]:
+    """Decay matrices of linear layers only; optionally scale each parameter's learning rate.
 
     Biases and norm gains are scale parameters that decay would pull towards zero for no benefit,
     and embeddings are looked up sparsely, so decaying all rows every step would shrink rare
     tokens' vectors (the choice of GPT-3/Llama recipes and HF's Trainer as well).
+
+    `lr_scale(name)` gives a multiplier of the scheduled learning rate per parameter (layer-wise
+    decay in fine-tuning: lower layers move less); parameters sharing a multiplier share a group,
+    which remembers it as `lr_scale`. Frozen parameters (requires_grad False) are left out.
     """
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in embedding_params else no_decay).append(p)
+        decay = p.dim() >= 2 and id(p) not in embedding_params
+        scale = float(lr_scale(name)) if lr_scale is not None else 1.0
+        groups.setdefault((decay, scale), []).append(p)
+    if lr_scale is None:  # the two classic groups, always in the same order (checkpoints rely on it)
+        return [
+            {"params": groups.get((True, 1.0), []), "weight_decay": weight_decay},
+            {"params": groups.get((False, 1.0), []), "weight_decay": 0.0},
+        ]
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (-kv[0][1], not kv[0][0]))
     ]
 
 
@@ -39,8 +55,12 @@ def fused_available(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay)
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, *, lr_scale: Callable[[str], float] | None = None
+) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg.weight_decay, lr_scale)
+    if not any(g["params"] for g in groups):
+        raise LmforgeError("every parameter is frozen: nothing to train; unfreeze at least the task head")
     fused = fused_available(device)
     return torch.optim.AdamW(
         groups,

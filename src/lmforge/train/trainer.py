@@ -61,6 +61,8 @@ class TrainResult:
     stopped_early: bool
     elapsed_s: float
     val_metrics: dict[str, float] | None = None  # the objective's metrics at the last evaluation
+    select_metric: str = "loss"  # what chose the best weights (train.select_metric)
+    best_score: float | None = None  # its value at best_step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +82,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             stacklevel=2,
         )
     return precision
+
+
+def _higher_is_better(metric: str) -> bool:
+    """Losses and perplexities fall as a model improves; accuracies, F1 and EM rise."""
+    return not (metric == "loss" or metric.endswith(("loss", "ppl", "perplexity")))
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -128,6 +135,8 @@ class Trainer:
         device: torch.device | None = None,
         dist: DistInfo | None = None,
         flops_per_token: float | None = None,
+        evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
+        lr_scale: Callable[[str], float] | None = None,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = dist or DistInfo()
@@ -145,11 +154,15 @@ class Trainer:
                 )  # fmt: skip
 
         self.val_batches = val_batches
+        # A task's own evaluation (dev-set predictions and metrics, "loss" among them) replaces the
+        # objective's validation loss when given; train.select_metric names the figure to keep.
+        self.evaluator = evaluator
+        self.select_max = _higher_is_better(cfg.select_metric)
         self.last_val_metrics: dict[str, float] = {}
         self.step_metrics: dict[str, torch.Tensor] = {}
         self.precision = resolve_precision(cfg.precision, self.device)
         self.step_model = parallelize(self.model, self.dist, self.device, compile=cfg.compile)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device, lr_scale=lr_scale)
         self.fused = bool(self.optimizer.defaults.get("fused"))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -160,7 +173,7 @@ class Trainer:
         self.state_root = self.run_dir / "train_state"
         # Progress counters (all restored on resume).
         self.step = 0
-        self.best_val = math.inf
+        self.best_val = -math.inf if self.select_max else math.inf  # best value of select_metric
         self.best_step: int | None = None
         self.evals_without_improvement = 0
         self.last_val: float | None = None
@@ -184,7 +197,7 @@ class Trainer:
         self.train_batches.load_state_dict(meta["sampler"])
         self.step = int(meta["step"])
         best = meta.get("best_val")  # null until the first evaluation
-        self.best_val = math.inf if best is None else float(best)
+        self.best_val = (-math.inf if self.select_max else math.inf) if best is None else float(best)
         self.best_step = meta.get("best_step")
         self.evals_without_improvement = int(meta.get("evals_without_improvement", 0))
         self.last_val = meta.get("last_val")
@@ -217,6 +230,14 @@ class Trainer:
 
         The objective's metrics are averaged the same way and kept in `last_val_metrics`.
         """
+        if self.evaluator is not None:
+            self.model.eval()
+            with autocast(self.device, self.precision):
+                scores = dict(self.evaluator(self.model))
+            self.model.train()
+            loss = scores.pop("loss", None)
+            self.last_val_metrics = scores
+            return float(loss) if loss is not None else math.nan
         if self.val_batches is None:
             return None
         self.model.eval()
@@ -253,9 +274,23 @@ class Trainer:
         self.last_val = val
         if logger:
             extra = {f"val_{k}": v for k, v in self.last_val_metrics.items()}
-            logger.log({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)), **extra})
-        if val < self.best_val:
-            self.best_val, self.best_step, self.evals_without_improvement = val, self.step, 0
+            row = {"step": self.step, "val_loss": val}
+            if self.evaluator is None:  # perplexity means something for language modelling only
+                row["val_ppl"] = math.exp(min(val, 50))
+            logger.log({**row, **extra})
+        metric = self.cfg.select_metric
+        if metric == "loss":
+            score = val
+        elif metric in self.last_val_metrics:
+            score = self.last_val_metrics[metric]
+        else:
+            raise LmforgeError(
+                f"train.select_metric={metric!r} is not among the validation figures "
+                f"({', '.join(['loss', *self.last_val_metrics])}); choose one of them"
+            )
+        better = score > self.best_val if self.select_max else score < self.best_val
+        if better:
+            self.best_val, self.best_step, self.evals_without_improvement = score, self.step, 0
             if self.dist.is_main:
                 save_weights(self.model, self.run_dir / "model.safetensors")
         else:
@@ -272,7 +307,7 @@ class Trainer:
         """
         cfg, device = self.cfg, self.device
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         # Micro-batches: gradients accumulate; DDP syncs only on the last one.
         step_loss = torch.zeros((), device=device)
         step_metrics: dict[str, torch.Tensor] = {}
@@ -386,9 +421,8 @@ class Trainer:
                     val = self.evaluate()
                     if val is not None:
                         extra = "".join(f"  val_{k} {v:.4f}" for k, v in self.last_val_metrics.items())
-                        progress.note(
-                            f"step {self.step}: val_loss {val:.4f}  val_ppl {math.exp(min(val, 50)):.2f}{extra}"
-                        )
+                        ppl = f"  val_ppl {math.exp(min(val, 50)):.2f}" if self.evaluator is None else ""
+                        progress.note(f"step {self.step}: val_loss {val:.4f}{ppl}{extra}")
                         if self._after_eval(val, logger):
                             stopped_early = True
                             progress.note(
@@ -415,12 +449,14 @@ class Trainer:
 
         if main and cfg.plot and logger:
             logger.plot()
-        val = self.best_val if self.best_step is not None else None
+        best = self.best_val if self.best_step is not None else None
+        val = best if cfg.select_metric == "loss" else self.last_val
+        val = val if val is not None and math.isfinite(val) else None
         result = TrainResult(
             run_dir=str(self.run_dir), steps=self.step, tokens=self.step * self.tokens_per_step,
             train_loss=last_loss, val_loss=val, val_ppl=math.exp(min(val, 50)) if val is not None else None,
             best_step=self.best_step, stopped_early=stopped_early, elapsed_s=time.perf_counter() - t0,
-            val_metrics=dict(self.last_val_metrics) or None,
+            val_metrics=dict(self.last_val_metrics) or None, select_metric=cfg.select_metric, best_score=best,
         )  # fmt: skip
         if main:
             atomic_write_json(self.run_dir / "summary.json", result.to_dict())

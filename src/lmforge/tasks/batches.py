@@ -1,0 +1,112 @@
+"""Batches of task features: shuffled per epoch, padded per batch, resumable at any step.
+
+The order of epoch e is a permutation drawn from (seed, e), so the position (epoch, index) is the
+whole state: a resumed run sees exactly the batches an uninterrupted one would have seen.
+Padding goes only to the longest example of the batch; with an encoder the padded positions
+cost almost nothing anyway (it runs its per-token layers on the real tokens only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.tasks.features import IGNORE
+
+# Padding value per variable-length field; fields not listed are fixed-size per example.
+PAD_VALUES = {
+    "input_ids": None,
+    "token_type_ids": 0,
+    "piece_labels": IGNORE,
+    "word_pos": 0,
+    "word_labels": IGNORE,
+}
+
+
+def collate(features: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor | None]:
+    """Pad a list of features into a batch dict of tensors.
+
+    `attention_mask` is None when no example is shorter than the longest (no padding at all), and
+    `token_index` lists the flat positions of the real tokens, which the encoder's unpadded path
+    would otherwise compute with a device sync. `word_mask` marks real words for tagging.
+    """
+    lengths = np.asarray([len(f["input_ids"]) for f in features], np.int64)
+    B, T = len(features), int(lengths.max())
+    batch: dict[str, torch.Tensor | None] = {"lengths": torch.from_numpy(lengths)}
+    real = np.arange(T)[None, :] < lengths[:, None]
+    for key in features[0]:
+        if key in PAD_VALUES:
+            width = (
+                T
+                if key in ("input_ids", "token_type_ids", "piece_labels")
+                else max(len(f[key]) for f in features)
+            )
+            fill = pad_id if key == "input_ids" else PAD_VALUES[key]
+            arr = np.full((B, max(width, 1)), fill, np.int64)
+            for i, f in enumerate(features):
+                arr[i, : len(f[key])] = f[key]
+            batch[key] = torch.from_numpy(arr)
+        else:
+            batch[key] = torch.from_numpy(np.stack([f[key] for f in features]))
+    if "word_pos" in batch:
+        n_words = np.asarray([len(f["word_pos"]) for f in features])
+        width = batch["word_pos"].size(1)
+        batch["word_mask"] = torch.from_numpy(np.arange(width)[None, :] < n_words[:, None])
+    padded = bool((lengths < T).any())
+    batch["attention_mask"] = torch.from_numpy(real) if padded else None
+    batch["token_index"] = torch.from_numpy(np.flatnonzero(real.reshape(-1))) if padded else None
+    return batch
+
+
+class TaskBatches:
+    """Resumable shuffled batches over a list of features (the Trainer's batch-source protocol)."""
+
+    def __init__(
+        self, features: list[dict[str, np.ndarray]], batch_size: int, pad_id: int, *, seed: int = 0
+    ) -> None:
+        if not features:
+            raise ValueError("no training examples")
+        self.features, self.batch_size, self.pad_id, self.seed = features, batch_size, pad_id, seed
+        # The Trainer reports tokens/s from batch_size * seq_len: use the mean real length.
+        self.seq_len = max(1, round(float(np.mean([len(f["input_ids"]) for f in features]))))
+        self.epoch, self.index = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.features))
+
+    def next_batch(self) -> dict[str, torch.Tensor | None]:
+        """The next batch; an epoch's last partial batch is kept (every example is seen each epoch)."""
+        if self.index >= len(self._order):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        take = self._order[self.index : self.index + self.batch_size]
+        self.index += len(take)
+        return collate([self.features[i] for i in take], self.pad_id)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.features) // self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": len(self.features)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("n") != len(self.features):
+            raise ValueError(
+                f"the training data changed since the checkpoint ({state.get('n')} examples then, "
+                f"{len(self.features)} now); resume with the same --train file"
+            )
+        self.seed = int(state["seed"])
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._permutation(self.epoch)
+
+
+def eval_batches(features: list[dict[str, np.ndarray]], batch_size: int, pad_id: int) -> Iterator[dict]:
+    """Batches in file order, for evaluation and prediction. Sorting by length would pad less, but
+    the encoder's unpadded path already skips the padding, and file order keeps outputs aligned."""
+    for i in range(0, len(features), batch_size):
+        yield collate(features[i : i + batch_size], pad_id)
