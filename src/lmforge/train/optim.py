@@ -56,7 +56,11 @@ def fused_available(device: torch.device) -> bool:
 
 
 def make_optimizer(
-    model: nn.Module, cfg: TrainConfig, device: torch.device, *, lr_scale: Callable[[str], float] | None = None
+    model: nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    lr_scale: Callable[[str], float] | None = None,
 ) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay, lr_scale)
     if not any(g["params"] for g in groups):
