@@ -110,7 +110,8 @@ def cmd_pretrain(ns: argparse.Namespace, rest: list[str]) -> None:
     result = pretrain(ns.config, resume=ns.resume, sample_prompt=None if ns.json else ns.sample, **overrides)
     d = result.to_dict()
     metrics = d.pop("val_metrics", None) or {}
-    human = "training finished\n" + _fmt({k: v for k, v in d.items() if v is not None})
+    shown = {k: v for k, v in d.items() if v is not None and k not in ("select_metric", "best_score")}
+    human = "training finished\n" + _fmt(shown)
     if metrics:  # objectives other than causal LM report their own metrics; exp(loss) means nothing there
         human += "\nvalidation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     elif result.val_ppl is not None:

@@ -319,8 +319,8 @@ def run_predictions(
     for batch in eval_batches(data.features, batch_size, pad_id):
         batch = to_device(batch, device)
         pred = model.predict(batch)
-        if _has_labels(batch):
-            loss, _ = model.loss(batch)
+        loss = pred.pop("loss", None)  # present when the batch has labels
+        if loss is not None:
             n = batch["input_ids"].size(0)
             loss_sum, loss_n = loss_sum + float(loss) * n, loss_n + n
         for k, v in pred.items():
@@ -337,10 +337,6 @@ def run_predictions(
         result[k] = np.concatenate(parts)
     result["loss"] = loss_sum / loss_n if loss_n else None
     return result
-
-
-def _has_labels(batch: dict) -> bool:
-    return any(k in batch for k in ("label", "word_labels", "start_positions"))
 
 
 def word_tags(cfg: FinetuneConfig, data: TaskData, pred: np.ndarray, labels: Any) -> list[list[str]]:

@@ -90,14 +90,20 @@ class SequenceClassifier(TaskModel):
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.logits(batch)
-        loss = F.cross_entropy(logits, batch["label"], weight=self.class_weights)
         acc = (logits.argmax(-1) == batch["label"]).float().mean()
-        return loss, {"accuracy": acc.detach()}
+        return self._loss(logits, batch), {"accuracy": acc.detach()}
+
+    def _loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(logits, batch["label"], weight=self.class_weights)
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        probs = self.logits(batch).softmax(-1)
-        return {"probs": probs, "pred": probs.argmax(-1)}
+        logits = self.logits(batch)
+        probs = logits.softmax(-1)
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        if "label" in batch:  # the dev loss from the same forward pass
+            out["loss"] = self._loss(logits, batch)
+        return out
 
 
 class TokenClassifier(TaskModel):
@@ -132,7 +138,9 @@ class TokenClassifier(TaskModel):
         return emissions.gather(1, pos.unsqueeze(-1).expand(-1, -1, emissions.size(-1)))  # (B, W, K)
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        em = self.emissions(batch)
+        return self._loss(self.emissions(batch), batch), {}
+
+    def _loss(self, em: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         if self.crf is not None:
             words = self.word_emissions(em, batch)
             mask = batch["word_mask"].to(em.device)
@@ -148,7 +156,7 @@ class TokenClassifier(TaskModel):
             loss = F.cross_entropy(
                 em.flatten(0, 1), labels.flatten(), weight=self.class_weights, ignore_index=IGNORE
             )
-        return loss, {}
+        return loss
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -162,7 +170,10 @@ class TokenClassifier(TaskModel):
                 pred[rows] = self.crf.decode(words[rows], mask[rows])
         else:
             pred = words.argmax(-1).masked_fill(~mask, -1)
-        return {"pred": pred}
+        out = {"pred": pred}
+        if "word_labels" in batch:  # the dev loss from the same forward pass
+            out["loss"] = self._loss(em, batch)
+        return out
 
 
 class SpanExtractor(TaskModel):
@@ -182,16 +193,21 @@ class SpanExtractor(TaskModel):
         return logits[..., 0], logits[..., 1]
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        start, end = self.span_logits(batch)
-        loss = (
+        return self._loss(*self.span_logits(batch), batch), {}
+
+    @staticmethod
+    def _loss(start: torch.Tensor, end: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return (
             F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])
         ) / 2
-        return loss, {}
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         start, end = self.span_logits(batch)
-        return {"start_logits": start, "end_logits": end}
+        out = {"start_logits": start, "end_logits": end}
+        if "start_positions" in batch:  # the dev loss from the same forward pass
+            out["loss"] = self._loss(start, end, batch)
+        return out
 
 
 def task_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

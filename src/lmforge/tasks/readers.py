@@ -593,3 +593,21 @@ def split_squad_by_article(
     train = [ex for ex in examples if ex.title not in dev_titles]
     dev = [ex for ex in examples if ex.title in dev_titles]
     return train, dev
+
+
+def write_squad(examples: Sequence[QAExample], path: str | Path) -> Path:
+    """Write examples back as SQuAD v1.1 JSON (articles and contexts regrouped, order kept), e.g.
+    the two halves of `split_squad_by_article`, so that any SQuAD tool can read them."""
+    from lmforge.utils.io import atomic_write_text
+
+    articles: dict[str, dict[str, list[dict]]] = {}
+    for ex in examples:
+        qa = {"id": ex.id, "question": ex.question,
+              "answers": [{"text": a.text, "answer_start": a.start} for a in ex.answers]}  # fmt: skip
+        articles.setdefault(ex.title, {}).setdefault(ex.context, []).append(qa)
+    data = [
+        {"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in contexts.items()]}
+        for title, contexts in articles.items()
+    ]
+    atomic_write_text(Path(path), json.dumps({"version": "1.1", "data": data}, ensure_ascii=False) + "\n")
+    return Path(path)
