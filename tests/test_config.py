@@ -70,3 +70,11 @@ def test_help_comes_from_source_comments():
     helps = all_field_help(TrainConfig)
     assert "optimizer steps" in helps["max_steps"]
     assert "grouped-query" in all_field_help(ModelConfig)["n_kv_head"]
+
+
+def test_a_section_given_in_part_keeps_its_parents_defaults():
+    from lmforge.pretraining import build_config
+
+    # PretrainConfig's tokenizer defaults to kind=auto (TokenizerConfig's own default is bpe).
+    cfg = build_config(None, {"tokenizer": {"vocab_size": 300}})
+    assert cfg.tokenizer.kind == "auto" and cfg.tokenizer.vocab_size == 300

@@ -265,3 +265,19 @@ def test_split_by_article_validation(tmp_path):
         split_squad_by_article(ex, 0.5, seed=0)
     with pytest.raises(LmforgeError, match="dev_fraction"):
         split_squad_by_article(ex, 1.0, seed=0)
+
+
+def test_write_squad_round_trips_a_split(tmp_path):
+    from lmforge.tasks.readers import write_squad
+
+    data = {"version": "1.1", "data": [
+        {"title": t, "paragraphs": [{"context": f"{t} is a city. 北京 too.", "qas": [
+            {"id": f"{t}{i}", "question": "where?", "answers": [{"text": t, "answer_start": 0}]} for i in range(2)]}]}
+        for t in ("Paris", "Rome", "Oslo")]}  # fmt: skip
+    src = tmp_path / "all.json"
+    src.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    examples = read_squad(src)
+    train, test = split_squad_by_article(examples, 0.34, seed=1)
+    assert {e.title for e in train}.isdisjoint({e.title for e in test})
+    for part, name in ((train, "train.json"), (test, "test.json")):
+        assert read_squad(write_squad(part, tmp_path / name)) == part

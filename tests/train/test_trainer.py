@@ -123,3 +123,22 @@ def test_early_stopping(tmp_path):
     t = _trainer(tmp_path, 200, dropout=0.0, lr=1e-9, warmup_steps=0, early_stopping_patience=2)
     result = t.fit()
     assert result.stopped_early and result.steps < 200
+
+
+def test_select_metric_picks_weights_by_an_evaluator_figure(tmp_path):
+    scores = iter([0.5, 0.9, 0.7])
+    t = _trainer(tmp_path, 12, eval_every=4, save_every=4, select_metric="accuracy")
+    t.evaluator = lambda model: {"loss": 1.0, "accuracy": next(scores)}
+    result = t.fit()
+    assert result.select_metric == "accuracy" and result.best_step == 8 and result.best_score == 0.9
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_accuracy"] for r in rows if "val_accuracy" in r] == [0.5, 0.9, 0.7]
+
+
+def test_select_metric_must_be_reported(tmp_path):
+    t = _trainer(tmp_path, 4, eval_every=4, select_metric="f1")
+    t.evaluator = lambda model: {"loss": 1.0, "accuracy": 0.5}
+    with pytest.raises(
+        LmforgeError, match=r"select_metric='f1' is not among the validation figures \(loss, accuracy\)"
+    ):
+        t.fit()
