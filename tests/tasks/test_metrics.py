@@ -96,3 +96,73 @@ def test_squad_metrics_max_over_golds_and_missing():
     assert m["exact_match"] == pytest.approx(100 * 1 / 3)
     assert m["f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
     assert m["count"] == 3 and m["missing"] == 1
+
+
+def _conlleval(lines: list[str]) -> tuple[float, float, float]:
+    """conlleval.pl's chunk counting, line for line (its endOfChunk / startOfChunk rules), on
+    `word gold predicted` lines: the reference our entity scores must reproduce."""
+
+    def end_of_chunk(prev_tag, tag, prev_type, type_):
+        return (
+            (prev_tag in ("B", "I") and tag in ("B", "O", "S"))
+            or (prev_tag in ("E", "S"))
+            or (prev_tag != "O" and prev_tag != "." and prev_type != type_)
+        ) and prev_tag not in ("O", ".")
+
+    def start_of_chunk(prev_tag, tag, prev_type, type_):
+        return (
+            tag in ("B", "S")
+            or (prev_tag in ("E", "S", "O", ".") and tag in ("I", "E"))
+            or (tag != "O" and tag != "." and prev_type != type_)
+        ) and tag not in ("O", ".")
+
+    def split(t):
+        return (t.split("-", 1)[0], t.split("-", 1)[1]) if "-" in t else (t, "")
+
+    correct = found_gold = found_pred = 0
+    in_correct = False
+    prev = {"g": ("O", ""), "p": ("O", "")}
+    for line in [*lines, ""]:
+        if line.strip():
+            _, g, p = line.split()
+            (gt, gty), (pt, pty) = split(g), split(p)
+        else:
+            (gt, gty), (pt, pty) = ("O", ""), ("O", "")
+        (lg, lgty), (lp, lpty) = prev["g"], prev["p"]
+        end_g, end_p = end_of_chunk(lg, gt, lgty, gty), end_of_chunk(lp, pt, lpty, pty)
+        start_g, start_p = start_of_chunk(lg, gt, lgty, gty), start_of_chunk(lp, pt, lpty, pty)
+        if in_correct:
+            if end_g and end_p and lgty == lpty:
+                in_correct = False
+                correct += 1
+            elif end_g != end_p or gty != pty:
+                in_correct = False
+        if start_g and start_p and gty == pty:
+            in_correct = True
+        found_gold += start_g
+        found_pred += start_p
+        prev = {"g": (gt, gty), "p": (pt, pty)}
+    if in_correct:
+        correct += 1
+    precision = correct / found_pred if found_pred else 0.0
+    recall = correct / found_gold if found_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def test_entity_scores_equal_conlleval_on_a_prediction_file_with_broken_chunks():
+    import random
+
+    rng = random.Random(0)
+    tags = ["O", "O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "B-ORG"]
+    gold_sents, pred_sents, lines = [], [], []
+    for _ in range(200):
+        n = rng.randint(1, 12)
+        g = [rng.choice(tags) for _ in range(n)]  # stray I- tags included, as models produce
+        p = [t if rng.random() < 0.7 else rng.choice(tags) for t in g]
+        gold_sents.append(g)
+        pred_sents.append(p)
+        lines += [f"w {a} {b}" for a, b in zip(g, p)] + [""]
+    ours = ner_metrics(gold_sents, pred_sents)
+    ref = _conlleval(lines)
+    assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx(ref)
