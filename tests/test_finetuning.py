@@ -353,3 +353,14 @@ def test_unknown_flag_suggests_the_nearest(bert, data, tmp_path, capsys):
 def test_predict_on_a_pretrained_run_says_what_to_do(bert, data, tmp_path):
     with pytest.raises(LmforgeError, match="not a fine-tuned task run"):
         lmforge.predict(bert, data["dev"], tmp_path / "p.jsonl")
+
+
+def test_task_runs_in_the_other_commands(bert, data, tmp_path, capsys):
+    _classify(bert, data, tmp_path / "sst", **{"train.max_steps": 2})
+    run = str(tmp_path / "sst")
+    assert main(["info", run, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["task"] == "classify" and info["labels"] == 2
+    assert main(["generate", run, "--prompt", "x"]) == 2
+    assert "fine-tuned classify run, not a language model; use lmforge predict" in capsys.readouterr().err
+    assert isinstance(lmforge.load(run), lmforge.finetuning.TaskRun)

@@ -43,9 +43,13 @@ from lmforge.errors import LmforgeError
 
 
 def load(run_dir: str | Path, **kwargs: Any):
-    """A trained run: `.model` (ids (B, T) -> logits (B, T, V)), `.tokenizer`, `.config`."""
+    """A trained run: `.model` (ids (B, T) -> logits (B, T, V)), `.tokenizer`, `.config`; for a
+    fine-tuned task run, a `TaskRun` (`.model` with its head, `.tokenizer`, `.labels`, `.config`)."""
+    from lmforge.finetuning import is_task_run, load_task
     from lmforge.run import load as _load
 
+    if is_task_run(run_dir):
+        return load_task(run_dir, **kwargs)
     return _load(run_dir, **kwargs)
 
 

@@ -263,17 +263,24 @@ def cmd_import_hf(ns: argparse.Namespace, rest: list[str]) -> None:
 
 def cmd_info(ns: argparse.Namespace, rest: list[str]) -> None:
     from lmforge.config import to_dict
+    from lmforge.finetuning import is_task_run, load_task
     from lmforge.run import load
 
-    lm = load(ns.run)
-    m = lm.model
+    if is_task_run(ns.run):
+        task = load_task(ns.run)
+        m, model_config = task.model, task.model.config
+        extra = {"task": task.config.task, "labels": len(task.labels), "backbone": task.config.model}
+    else:
+        lm = load(ns.run)
+        m, model_config, extra = lm.model, lm.model_config, {}
     result = {
         "run": ns.run,
+        **extra,
         "parameters": m.num_params(),
         "non_embedding_parameters": m.num_params(non_embedding=True),
-        "flops_per_token": m.flops_per_token(lm.model_config.max_len),
-        "tokenizer_vocab": lm.tokenizer.vocab_size,
-        "model": to_dict(lm.model_config),
+        "flops_per_token": m.flops_per_token(model_config.max_len),
+        "tokenizer_vocab": (task.tokenizer if extra else lm.tokenizer).vocab_size,
+        "model": to_dict(model_config),
     }
     summary = Path(ns.run) / "summary.json"
     if summary.is_file():

@@ -75,10 +75,12 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
     if not run_dir.is_dir():
         raise LmforgeError(f"{run_dir}: no such run directory")
     model_cfg, data = model_config_of(run_dir)
-    if "task" in data:  # a fine-tuned task run: its model has a head and labels
-        from lmforge.finetuning import load_task
-
-        return load_task(run_dir, device=device)
+    if "task" in data:  # a fine-tuned task run: a task head, not a language model
+        task = data["task"].get("task", "task")
+        raise LmforgeError(
+            f"{run_dir} is a fine-tuned {task} run, not a language model; use lmforge predict / "
+            "lmforge evaluate with it (in Python: lmforge.load gives its TaskRun)"
+        )
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     check_vocab(model_cfg, tokenizer, str(run_dir / "tokenizer.json"))
     if data.get("objective") == "electra":  # generator + discriminator; `.discriminator` is the encoder
