@@ -356,7 +356,7 @@ def test_predict_on_a_pretrained_run_says_what_to_do(bert, data, tmp_path):
 
 
 def test_task_runs_in_the_other_commands(bert, data, tmp_path, capsys):
-    _classify(bert, data, tmp_path / "sst", **{"train.max_steps": 2})
+    _classify(bert, data, tmp_path / "sst", group_by_length=True, **{"train.max_steps": 2})
     run = str(tmp_path / "sst")
     assert main(["info", run, "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -74,6 +74,8 @@ class FinetuneConfig:
         "none"  # none | balanced (inverse frequency) | comma-separated weights in label order
     )
     eval_batch_size: int = 64
+    # batch examples of similar length together (shuffled batches of sorted windows): less padding
+    group_by_length: bool = False
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             lr=5e-5,
@@ -466,7 +468,9 @@ def run_finetuning(cfg: FinetuneConfig, *, explicit_train: set[str] = frozenset(
             print(f"note: {note}", file=sys.stderr, flush=True)
 
         # Steps, warmup and evaluation cadence from epochs unless given.
-        batches = TaskBatches(train.features, tcfg.batch_size, specials.pad, seed=tcfg.seed)
+        batches = TaskBatches(
+            train.features, tcfg.batch_size, specials.pad, seed=tcfg.seed, group_by_length=cfg.group_by_length
+        )
         per_epoch = math.ceil(batches.steps_per_epoch / tcfg.grad_accum)
         changes: dict[str, Any] = {}
         if "max_steps" not in explicit_train:

@@ -153,3 +153,28 @@ def test_unpadded_encoder_batch_equals_one_example_at_a_time():
         alone = model.predict(collate([f], pad_id=0))["pred"][0]
         assert together[i, : len(f["word_pos"])].tolist() == alone.tolist()
     assert (together[1, 1:] == -1).all()
+
+
+def test_group_by_length_pads_less_and_still_covers_every_example_once():
+    rng = np.random.default_rng(0)
+    feats = [
+        {"input_ids": np.arange(int(n)), "label": np.array(i)} for i, n in enumerate(rng.integers(1, 60, 400))
+    ]
+    plain = TaskBatches(feats, 8, 0, seed=1)
+    grouped = TaskBatches(feats, 8, 0, seed=1, group_by_length=True)
+
+    def epoch(b):
+        batches = [b.next_batch() for _ in range(b.steps_per_epoch)]
+        padded = sum(x["input_ids"].numel() for x in batches)
+        return sorted(i for x in batches for i in x["label"].tolist()), padded
+
+    seen_plain, padded_plain = epoch(plain)
+    seen_grouped, padded_grouped = epoch(grouped)
+    assert seen_plain == seen_grouped == list(range(400))
+    assert padded_grouped < 0.7 * padded_plain
+    resumed = TaskBatches(feats, 8, 0, seed=1)
+    resumed.load_state_dict(grouped.state_dict())
+    assert (
+        resumed.group_by_length
+        and resumed.next_batch()["label"].tolist() == grouped.next_batch()["label"].tolist()
+    )

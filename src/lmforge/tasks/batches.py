@@ -64,19 +64,42 @@ def collate(features: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, tor
 class TaskBatches:
     """Resumable shuffled batches over a list of features (the Trainer's batch-source protocol)."""
 
+    GROUP = 50  # with group_by_length: batches drawn from windows of GROUP batches sorted by length
+
     def __init__(
-        self, features: list[dict[str, np.ndarray]], batch_size: int, pad_id: int, *, seed: int = 0
+        self,
+        features: list[dict[str, np.ndarray]],
+        batch_size: int,
+        pad_id: int,
+        *,
+        seed: int = 0,
+        group_by_length: bool = False,
     ) -> None:
         if not features:
             raise ValueError("no training examples")
         self.features, self.batch_size, self.pad_id, self.seed = features, batch_size, pad_id, seed
+        self.group_by_length = group_by_length
+        self._lengths = np.asarray([len(f["input_ids"]) for f in features])
         # The Trainer reports tokens/s from batch_size * seq_len: use the mean real length.
-        self.seq_len = max(1, round(float(np.mean([len(f["input_ids"]) for f in features]))))
+        self.seq_len = max(1, round(float(self._lengths.mean())))
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.features))
+        """The epoch's order: a seeded shuffle, or with group_by_length a shuffle whose windows of
+        GROUP batches are sorted by length and whose batches are then shuffled again. Batches hold
+        examples of similar length (less padding, faster attention) and still arrive in random
+        order; the result is a function of (seed, epoch), so resume stays exact."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.features))
+        if not self.group_by_length:
+            return order
+        window = self.GROUP * self.batch_size
+        for start in range(0, len(order), window):
+            part = order[start : start + window]
+            order[start : start + window] = part[np.argsort(-self._lengths[part], kind="stable")]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
 
     def next_batch(self) -> dict[str, torch.Tensor | None]:
         """The next batch; an epoch's last partial batch is kept (every example is seen each epoch)."""
@@ -92,7 +115,8 @@ class TaskBatches:
         return -(-len(self.features) // self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": len(self.features)}
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": len(self.features),
+                "group_by_length": self.group_by_length}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("n") != len(self.features):
@@ -101,6 +125,7 @@ class TaskBatches:
                 f"{len(self.features)} now); resume with the same --train file"
             )
         self.seed = int(state["seed"])
+        self.group_by_length = bool(state.get("group_by_length", False))
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._order = self._permutation(self.epoch)
 
