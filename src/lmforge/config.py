@@ -166,6 +166,20 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def nest_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """API keyword overrides as one nested dict: dotted keys (`**{"train.lr": 1e-4}`) and nested
+    dicts (`train={"lr": 1e-4}`) may be mixed; later keys win."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            set_dotted(nested, key, value)
+        elif isinstance(value, dict):
+            nested[key] = deep_merge(nested.get(key, {}), value)
+        else:
+            nested[key] = value
+    return nested
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in override.items():

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge.config import deep_merge, from_dict, load_yaml, set_dotted, to_dict
+from lmforge.config import deep_merge, from_dict, load_yaml, nest_overrides, to_dict
 from lmforge.errors import LmforgeError
 from lmforge.train.config import TrainConfig
 
@@ -102,7 +102,8 @@ def build_config(
         saved = resume_from / "config.yaml"
         if not saved.is_file():
             raise LmforgeError(f"{resume_from}: nothing to resume (no config.yaml); drop --resume")
-        data = {**load_yaml(saved)["task"], "train": load_yaml(saved).get("train", {})}
+        saved_data = load_yaml(saved)
+        data = {**saved_data["task"], "train": saved_data.get("train", {})}
     if isinstance(config, FinetuneConfig):
         data = deep_merge(data, to_dict(config))
     elif isinstance(config, dict):
@@ -110,9 +111,7 @@ def build_config(
     elif config is not None:
         data = deep_merge(data, load_yaml(config))
     data = deep_merge(data, overrides)
-    explicit = set((data.get("train") or {}).keys())
-    defaults = to_dict(FinetuneConfig().train)
-    data["train"] = {**defaults, **(data.get("train") or {})}
+    explicit = set((data.get("train") or {}).keys())  # the rest follow from epochs / the dev file
     return from_dict(FinetuneConfig, data), explicit
 
 
@@ -397,14 +396,7 @@ def finetune(
     TrainResult, whose `val_metrics` are the dev metrics of the last evaluation and `best_score`
     the selected metric of the kept weights.
     """
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if "." in key:
-            set_dotted(nested, key, value)
-        elif isinstance(value, dict):
-            nested[key] = deep_merge(nested.get(key, {}), value)
-        else:
-            nested[key] = value
+    nested = nest_overrides(overrides)
     out = nested.get("out") or (config.out if isinstance(config, FinetuneConfig) else None)
     if out is None and isinstance(config, (str, Path)):
         out = load_yaml(config).get("out")
@@ -641,12 +633,8 @@ def _read_for_prediction(task: TaskRun, path: Path) -> tuple[list[Any], bool]:
     header = _header(path)
     label = cols["label_column"]
     has_label = (isinstance(label, int) and label < len(header)) or label in header
-    if has_label:
-        try:
-            return read_examples(cfg, path), True
-        except LmforgeError:
-            if isinstance(label, str):
-                raise
+    if has_label:  # the first row has the label column: a labelled file (errors name file:line)
+        return read_examples(cfg, path), True
     # No label column: read the text columns only, with an empty label.
     from lmforge.tasks.readers import read_classification
 

@@ -179,16 +179,9 @@ def pretrain(
     `config` is a YAML path, a dict or a PretrainConfig; keyword overrides may be nested dicts
     (`train={"max_steps": 100}`) or dotted keys (`**{"train.max_steps": 100}`).
     """
-    from lmforge.config import set_dotted
+    from lmforge.config import nest_overrides
 
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if "." in key:
-            set_dotted(nested, key, value)
-        elif isinstance(value, dict):
-            nested[key] = deep_merge(nested.get(key, {}), value)
-        else:
-            nested[key] = value
+    nested = nest_overrides(overrides)
     out = Path(nested.get("out") or (config.out if isinstance(config, PretrainConfig) else "") or "")
     if resume and not str(out):
         data = load_yaml(config) if isinstance(config, (str, Path)) else (config or {})
