@@ -178,3 +178,17 @@ def test_group_by_length_pads_less_and_still_covers_every_example_once():
         resumed.group_by_length
         and resumed.next_batch()["label"].tolist() == grouped.next_batch()["label"].tolist()
     )
+
+
+def test_an_empty_sentence_gets_no_window_and_no_tags(wordpiece):
+    from lmforge.finetuning import FinetuneConfig, TaskData, word_tags
+
+    labels = LabelMap(["O"])
+    ex = [TokenExample(tokens=[], tags=[]), TokenExample(tokens=["the", "fox"], tags=["O", "O"])]
+    enc = encode_tokens(ex, wordpiece, ENC, labels, 32)
+    assert len(enc.features) == 1 and int(enc.features[0]["sentence"]) == 1
+    preds = np.zeros((1, 2), np.int64)
+    assert word_tags(FinetuneConfig(task="ner"), TaskData(None, ex, enc.features), preds, labels) == [
+        [],
+        ["O", "O"],
+    ]

@@ -117,7 +117,11 @@ class CRF(nn.Module):
         if tags is not None and tags.shape != mask.shape:
             raise ValueError(f"tags must be (B, L) = {tuple(mask.shape)}, got {tuple(tags.shape)}")
         # The recursions and the backtrack assume each row is n_b valid positions then padding.
-        if emissions.shape[1] == 0 or not mask[:, 0].all() or (mask[:, 1:] & ~mask[:, :-1]).any():
+        # Checking the values reads the mask on the host, so it is done only where that costs no
+        # device sync (CPU); on an accelerator, inside the training step, the caller vouches for it.
+        if emissions.shape[1] == 0:
+            raise ValueError("emissions have no positions; every row needs at least one")
+        if mask.device.type == "cpu" and (not mask[:, 0].all() or (mask[:, 1:] & ~mask[:, :-1]).any()):
             raise ValueError(
                 "mask must be a prefix mask with at least one True per row; for first-subword labels, "
                 "gather those positions into a packed (B, n_words, K) tensor first"

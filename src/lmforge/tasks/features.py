@@ -134,7 +134,7 @@ def encode_tokens(
         )
         start = 0
         windows = 0
-        while start < len(word_pieces) or (start == 0 and not word_pieces):
+        while start < len(word_pieces):  # an empty sentence gets no window (and no tags)
             n, end = 0, start
             while end < len(word_pieces) and n + len(word_pieces[end]) <= room:
                 n += len(word_pieces[end])
@@ -162,8 +162,6 @@ def encode_tokens(
                 feat["word_labels"] = np.asarray(tag_ids[start:end], np.int64)
             out.append(feat)
             windows += 1
-            if end == start:  # an empty sentence: one empty window
-                break
             start = end
         split += windows > 1
     return Encoded(out, split=split)

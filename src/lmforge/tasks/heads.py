@@ -141,15 +141,10 @@ class TokenClassifier(TaskModel):
         return self._loss(self.emissions(batch), batch), {}
 
     def _loss(self, em: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        if self.crf is not None:
+        if self.crf is not None:  # every window holds at least one word (encode_tokens)
             words = self.word_emissions(em, batch)
             mask = batch["word_mask"].to(em.device)
-            # Sentences of zero words (possible in hostile files) have nothing to score.
-            rows = mask[:, 0]
-            if not bool(rows.all()):
-                words, mask, tags = words[rows], mask[rows], batch["word_labels"][rows]
-            else:
-                tags = batch["word_labels"]
+            tags = batch["word_labels"]
             loss = self.crf(words, tags, mask)
         else:
             labels = batch["piece_labels"]
@@ -164,10 +159,7 @@ class TokenClassifier(TaskModel):
         words = self.word_emissions(em, batch)
         mask = batch["word_mask"].to(em.device)
         if self.crf is not None:
-            pred = torch.full(mask.shape, -1, dtype=torch.long, device=em.device)
-            rows = mask[:, 0]
-            if bool(rows.any()):
-                pred[rows] = self.crf.decode(words[rows], mask[rows])
+            pred = self.crf.decode(words, mask)
         else:
             pred = words.argmax(-1).masked_fill(~mask, -1)
         out = {"pred": pred}
