@@ -17,6 +17,7 @@ from lmforge.models.layers import (
     RMSNorm,
     RotaryEmbedding,
     apply_rope,
+    gelu_tanh,
     make_norm,
     sinusoidal_table,
 )
@@ -138,6 +139,26 @@ def test_mlp_variants():
     assert glu.gate.weight.shape == (cfg(activation="swiglu").ff_dim, 32)
     plain = MLP(cfg(activation="gelu"))
     torch.testing.assert_close(plain(x), plain.proj(F.gelu(plain.fc(x))))
+
+
+def test_gelu_tanh_is_gpt2s_formula_with_atens_gradient():
+    # Wide range: the sigmoid form must neither overflow for large |x| nor lose the tails.
+    x64 = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([-1e4, -100.0, 0.0, 100.0, 1e4])]).double()
+    expected = 0.5 * x64 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
+    x = x64.float().requires_grad_()
+    y = gelu_tanh(x)
+    torch.testing.assert_close(y.double(), expected, atol=2e-6, rtol=1e-6)
+    assert torch.isfinite(y).all()
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    reference = x.detach().clone().requires_grad_()
+    F.gelu(reference, approximate="tanh").backward(grad)
+    assert torch.equal(x.grad, reference.grad)  # the backward is ATen's own
+    x = torch.randn(7, dtype=torch.float64, requires_grad=True)  # float64: the ATen path
+    assert torch.autograd.gradcheck(gelu_tanh, (x,))
+    mlp = MLP(cfg(activation="gelu_tanh"))
+    h = torch.randn(2, 3, 32)
+    torch.testing.assert_close(mlp(h), mlp.proj(F.gelu(mlp.fc(h), approximate="tanh")))
 
 
 def test_post_norm_block_ends_normalised():

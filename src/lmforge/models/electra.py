@@ -39,7 +39,7 @@ from torch import nn
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
 from lmforge.models.encoder import Encoder
-from lmforge.models.layers import linear_cross_entropy
+from lmforge.models.layers import linear_cross_entropy, make_activation
 
 
 def generator_config(cfg: ModelConfig, size: float) -> ModelConfig:
@@ -76,7 +76,7 @@ class GeneratorHead(nn.Module):
     def __init__(self, cfg: ModelConfig, emb_dim: int):
         super().__init__()
         self.dense = nn.Linear(cfg.d_model, emb_dim)
-        self.act = nn.GELU(approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
+        self.act = make_activation("gelu_tanh" if cfg.activation == "gelu_tanh" else "gelu")
         self.norm = nn.LayerNorm(emb_dim, eps=cfg.norm_eps)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class DiscriminatorHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.act = nn.GELU(approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
+        self.act = make_activation("gelu_tanh" if cfg.activation == "gelu_tanh" else "gelu")
         self.dense_prediction = nn.Linear(cfg.d_model, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

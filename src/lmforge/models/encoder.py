@@ -32,6 +32,7 @@ from lmforge.models.layers import (
     init_normal,
     init_transformer,
     linear_cross_entropy,
+    make_activation,
     make_norm,
     sinusoidal_table,
 )
@@ -43,7 +44,7 @@ class MLMHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.act = nn.GELU(approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
+        self.act = make_activation("gelu_tanh" if cfg.activation == "gelu_tanh" else "gelu")
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
