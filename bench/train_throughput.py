@@ -3,15 +3,20 @@ BERT-style Encoder vs BertForPreTraining), same config, same process.
 
 Both models run the identical step (forward, next-token cross-entropy, backward, clip, fused
 AdamW; ours through the real Trainer.train_step), alternating in rounds so that machine noise
-hits both alike; eager and compiled pairs are timed one pair at a time. Tokens/s is the median
-over rounds, the ratio the median of the per-round ratios. Each round also times a large matmul
-in the same precision: the share of peak is training FLOPs/s (6N + 12*L*d*T per token) over the
-median of those matmul rates. Also reported: the data loader's time as a share of a step, and
+hits both alike (the order rotates each round); eager and compiled pairs are timed one pair at a
+time. Tokens/s is the median over rounds, the ratio the median of the per-round ratios. Each
+round also times a large matmul in the same precision: the share of peak is training FLOPs/s
+(6N + 12*L*d*T per token) over the median of those matmul rates. Also reported: the data loader's time as a share of a step, and
 peak memory (fp32, a fresh child process per model).
 
     python bench/train_throughput.py                       # fp32 and bf16
     python bench/train_throughput.py --precision fp32 --compile
     python bench/train_throughput.py --arch encoder --precision fp32
+    python bench/train_throughput.py --precision fp32 --plain   # + a plain nanoGPT-style GPT
+
+--plain adds a third model to the decoder rounds: the same GPT written the common plain way
+(nn.GELU, full logits, F.cross_entropy), to tell what our kernels' choices are worth here and
+how far HF is from the design most small-GPT code follows.
 
 --arch encoder: ours is `lmforge.models.encoder.Encoder` (BERT layout: post-norm, erf GELU, learned
 positions, segment embeddings) trained through Trainer.train_step with the MLM + NSP objective
@@ -49,6 +54,7 @@ from lmforge.data.batches import CausalLMBatches
 from lmforge.data.masking import MaskingConfig
 from lmforge.models import build_model
 from lmforge.models.config import ModelConfig
+from lmforge.models.layers import init_normal
 from lmforge.objectives.mlm import mlm_loss
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer, autocast
@@ -67,6 +73,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="all", choices=["all", "fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="also torch.compile both models")
+    p.add_argument(
+        "--plain", action="store_true",
+        help="decoder: also time a plain nanoGPT-style GPT (unfused loss, ATen GELU) in the same rounds",
+    )  # fmt: skip
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds per model")
     p.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
     p.add_argument(
@@ -127,6 +137,64 @@ class HFStep:
         with autocast(self.device, self.precision):
             logits = self.step_model(input_ids=x).logits
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach(), None, None
+
+
+class PlainGPT(torch.nn.Module):
+    """A nanoGPT-style GPT-2 (--plain): the same weights' shapes and the same math as ours, written
+    the plain way: nn.GELU(tanh), full (B*T, vocab) logits, then F.cross_entropy. It shows what
+    the fused loss and the GELU change are worth on this machine, and calibrates the ratio to HF
+    against the design most small-GPT code follows."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        super().__init__()
+        nn = torch.nn
+        d = a.d_model
+        self.n_head = a.n_head
+        self.wte, self.wpe = nn.Embedding(a.vocab, d), nn.Embedding(a.seq_len, d)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(dict(ln1=nn.LayerNorm(d), qkv=nn.Linear(d, 3 * d), proj=nn.Linear(d, d), ln2=nn.LayerNorm(d),
+                               fc=nn.Linear(d, 4 * d), act=nn.GELU(approximate="tanh"), out=nn.Linear(4 * d, d)))
+            for _ in range(a.n_layer)
+        )  # fmt: skip
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, a.vocab, bias=False)
+        self.head.weight = self.wte.weight
+        self.apply(lambda m: init_normal(m, 0.02))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for layer in self.layers:
+            q, k, v = layer["qkv"](layer["ln1"](x)).split(x.size(-1), dim=2)
+            q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+            x = x + layer["proj"](y)
+            x = x + layer["out"](layer["act"](layer["fc"](layer["ln2"](x))))
+        logits = self.head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+class PlainStep(HFStep):
+    """The HF step (same optimizer, clip and data) around `PlainGPT`."""
+
+    def __init__(self, a: argparse.Namespace, precision: str, compile: bool, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.model = PlainGPT(a).to(device).train()
+        self.step_model = torch.compile(self.model) if compile else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                     fused=True)  # fmt: skip
+        self.batches = CausalLMBatches(tokens(a), a.seq_len, a.batch, device=device)
+        self.device, self.precision = device, precision
+
+    def train_step(self, lr: float):
+        x, y = self.batches.next_batch()
+        with autocast(self.device, self.precision):
+            loss = self.step_model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
         self.opt.step()
@@ -282,7 +350,7 @@ def runner(
         assert data is not None
         make = ours_encoder if which == "ours" else HFBertStep
         return make(a, precision, compile, device, data)
-    return (ours if which == "ours" else HFStep)(a, precision, compile, device)
+    return {"ours": ours, "hf": HFStep, "plain": PlainStep}[which](a, precision, compile, device)
 
 
 def flops_per_token(a: argparse.Namespace) -> float:
@@ -352,7 +420,8 @@ def compare(
     """
     flops_tok = flops_per_token(a)
     tok_per_step = a.batch * a.seq_len
-    runners = {name: runner(a, name, precision, compiled, device, data) for name in ("ours", "hf")}
+    names = ("ours", "hf", "plain") if a.plain and a.arch == "decoder" else ("ours", "hf")
+    runners = {name: runner(a, name, precision, compiled, device, data) for name in names}
     slow = slow_precision(precision, device)
     rounds, steps, warmup = (a.slow_rounds, 1, 1) if slow else (a.rounds, a.steps, 2)
     if compiled and data is not None:  # every pre-built batch once: the number of masked tokens and
@@ -361,16 +430,25 @@ def compare(
         timed(r, warmup, device)
     tps: dict[str, list[float]] = {name: [] for name in runners}
     peaks: list[float] = []
-    for _ in range(rounds):
-        for name, r in runners.items():
-            tps[name].append(steps * tok_per_step / timed(r, steps, device))
+    for i in range(rounds):
+        # The order rotates from round to round, so that whatever follows the matmul timing or the
+        # other model's allocations (page faults, cache and clock state) falls on each model alike.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            tps[name].append(steps * tok_per_step / timed(runners[name], steps, device))
         peaks.append(matmul_peak(precision, device, a.peak_size))
     out: dict = {"precision": precision, "compiled": compiled, "rounds": rounds, "steps_per_round": steps,
                  "flops_per_token": flops_tok, "peak_matmul_flops_per_round": peaks}  # fmt: skip
     for name, per_round in tps.items():
         out[f"{name}_tokens_per_s"] = statistics.median(per_round)
         out[f"{name}_tokens_per_s_per_round"] = per_round
-    out["ratio"] = statistics.median(o / h for o, h in zip(tps["ours"], tps["hf"]))
+    out["ratio_per_round"] = [o / h for o, h in zip(tps["ours"], tps["hf"])]
+    out["ratio"] = statistics.median(out["ratio_per_round"])
+    # Each round's share against that round's own matmul timing: how far the machine moved
+    # within the run shows in the spread of these (the headline share uses the medians).
+    out["ours_share_per_round"] = [t * flops_tok / p for t, p in zip(tps["ours"], peaks)]
+    if "plain" in tps:
+        out["plain_to_hf"] = statistics.median(o / h for o, h in zip(tps["plain"], tps["hf"]))
+        out["ours_to_plain"] = statistics.median(o / h for o, h in zip(tps["ours"], tps["plain"]))
     return out
 
 
@@ -380,7 +458,7 @@ def add_shares(pairs: list[dict]) -> None:
     peak = statistics.median(p for pair in pairs for p in pair["peak_matmul_flops_per_round"])
     for pair in pairs:
         pair["peak_matmul_flops"] = peak
-        for name in ("ours", "hf"):
+        for name in ("ours", "hf", "plain") if "plain_tokens_per_s" in pair else ("ours", "hf"):
             pair[f"{name}_share_of_peak"] = pair[f"{name}_tokens_per_s"] * pair["flops_per_token"] / peak
 
 
@@ -481,10 +559,22 @@ def report(r: dict) -> str:
         return f"{r[f'{name}_tokens_per_s']:,.0f} tok/s ({r[f'{name}_share_of_peak']:.0%} of peak)"
 
     label = r["precision"] + (" compiled" if r["compiled"] else "")
-    return (
+    line = (
         f"{label}: ours {one('ours')}  HF {one('hf')}  ratio {r['ratio']:.2f}x"
         f"  [matmul peak {r['peak_matmul_flops'] / 1e9:.0f} GFLOP/s, {r['rounds']} rounds]"
     )
+    if r["rounds"] > 2:
+        ratios, shares = sorted(r["ratio_per_round"]), sorted(r["ours_share_per_round"])
+        line += (
+            f"\n{label}: spread over rounds: ratio {ratios[0]:.2f}-{ratios[-1]:.2f}x, ours' share of that"
+            f" round's peak {shares[0]:.0%}-{shares[-1]:.0%} (median {statistics.median(shares):.0%})"
+        )
+    if "plain_to_hf" in r:
+        line += (
+            f"\n{label}: plain nanoGPT-style {one('plain')}  plain / HF {r['plain_to_hf']:.2f}x"
+            f"  ours / plain {r['ours_to_plain']:.2f}x"
+        )
+    return line
 
 
 def main() -> None:
