@@ -45,6 +45,13 @@ def test_pipeline_end_to_end(tmp_path, tiny_corpus, capsys):
     assert code == 0, err
     prep = last_json(out)
     assert prep["train_tokens"] > 0 and prep["val_tokens"] > 0
+    assert prep["cleaning"]["docs_in"] >= prep["cleaning"]["docs_kept"] > 0
+
+    # Without --json the same command prints the cleaning summary: kept, dropped and why.
+    code, out, err = run_cli(capsys, "prepare", "--data", str(tiny_corpus), "--tokenizer", str(tok),
+                             "--out", str(tmp_path / "shards2"))  # fmt: skip
+    assert code == 0, err
+    assert "documents in" in out and "kept" in out and "dropped" in out
 
     code, out, err = run_cli(capsys, "pretrain", "--data", str(shards), "--out", str(run), *TINY,
                              "--train.max_steps", "8", "--json")  # fmt: skip

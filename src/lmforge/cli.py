@@ -79,6 +79,7 @@ def cmd_tokenizer_train(ns: argparse.Namespace, rest: list[str]) -> None:
 
 def cmd_prepare(ns: argparse.Namespace, rest: list[str]) -> None:
     from lmforge.config import from_dict
+    from lmforge.data.clean import CleanSummary
     from lmforge.data.shards import prepare
     from lmforge.pretraining import PrepConfig
 
@@ -100,6 +101,11 @@ def cmd_prepare(ns: argparse.Namespace, rest: list[str]) -> None:
     human = f"wrote shards to {ns.out}\n" + _fmt(
         {k: v for k, v in result.items() if k not in ("cleaning", "out")}
     )
+    if result["cleaning"]:
+        human += (
+            "\ncleaning (documents kept and dropped, and why):\n"
+            + CleanSummary(**result["cleaning"]).format()
+        )
     _emit(result, ns.json, human)
 
 
