@@ -113,7 +113,35 @@ def ours(a: argparse.Namespace, precision: str, compile: bool, device: torch.dev
     return Trainer(build_model(model_config(a)), batches, cfg, "/nonexistent-run", device=device)
 
 
-class HFStep:
+class ReferenceStep:
+    """The reference side's step: loss -> backward -> clip -> fused AdamW, on the same data as ours.
+
+    Subclasses build `model` (seeded) and say how it computes the loss of one batch."""
+
+    def __init__(self, model: torch.nn.Module, a: argparse.Namespace, precision: str, compile: bool,
+                 device: torch.device) -> None:  # fmt: skip
+        self.model = model.to(device).train()
+        self.step_model = torch.compile(self.model) if compile else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                     fused=True)  # fmt: skip
+        self.batches = CausalLMBatches(tokens(a), a.seq_len, a.batch, device=device)
+        self.device, self.precision = device, precision
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, lr: float):
+        x, y = self.batches.next_batch()
+        with autocast(self.device, self.precision):
+            loss = self.loss(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach(), None, None
+
+
+class HFStep(ReferenceStep):
     """The same step for transformers' GPT-2: logits -> CE -> backward -> clip -> fused AdamW."""
 
     def __init__(self, a: argparse.Namespace, precision: str, compile: bool, device: torch.device) -> None:
@@ -125,23 +153,11 @@ class HFStep:
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
             bos_token_id=a.vocab - 1, eos_token_id=a.vocab - 1,
         )  # fmt: skip
-        self.model = GPT2LMHeadModel(conf).to(device).train()
-        self.step_model = torch.compile(self.model) if compile else self.model
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                     fused=True)  # fmt: skip
-        self.batches = CausalLMBatches(tokens(a), a.seq_len, a.batch, device=device)
-        self.device, self.precision = device, precision
+        super().__init__(GPT2LMHeadModel(conf), a, precision, compile, device)
 
-    def train_step(self, lr: float):
-        x, y = self.batches.next_batch()
-        with autocast(self.device, self.precision):
-            logits = self.step_model(input_ids=x).logits
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.detach(), None, None
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.step_model(input_ids=x).logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
 
 
 class PlainGPT(torch.nn.Module):
@@ -179,27 +195,15 @@ class PlainGPT(torch.nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-class PlainStep(HFStep):
-    """The HF step (same optimizer, clip and data) around `PlainGPT`."""
+class PlainStep(ReferenceStep):
+    """The reference step (same optimizer, clip and data) around `PlainGPT`."""
 
     def __init__(self, a: argparse.Namespace, precision: str, compile: bool, device: torch.device) -> None:
         torch.manual_seed(0)
-        self.model = PlainGPT(a).to(device).train()
-        self.step_model = torch.compile(self.model) if compile else self.model
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                     fused=True)  # fmt: skip
-        self.batches = CausalLMBatches(tokens(a), a.seq_len, a.batch, device=device)
-        self.device, self.precision = device, precision
+        super().__init__(PlainGPT(a), a, precision, compile, device)
 
-    def train_step(self, lr: float):
-        x, y = self.batches.next_batch()
-        with autocast(self.device, self.precision):
-            loss = self.step_model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.detach(), None, None
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.step_model(x, y)
 
 
 # ------------------------------------------------------------------ encoder (--arch encoder)
