@@ -298,6 +298,10 @@ def cmd_info(ns: argparse.Namespace, rest: list[str]) -> None:
 # ---------------------------------------------------------------- parser
 
 
+def _device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+
 def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", action="store_true", help="print the results as one JSON object on the last line"
@@ -389,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="document unit of .txt files",
     )
     p.add_argument("--text_field", default="text", help="text field of .jsonl/.parquet")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _device_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -406,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: the context)")
     p.add_argument("--skip_empty_lines", action="store_true", help="leave out empty lines for every model")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _device_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_compare)
 
@@ -433,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = new("generate", "continue a prompt with a trained run (streams to the terminal)")
     p.add_argument("run", help="run directory")
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _device_flag(p)
     p.add_argument("--stream", action="store_true", help="stream even when stdout is not a terminal")
     add_dataclass_flags(p, GenerationConfig)
     _json_flag(p)
@@ -443,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory of a masked-LM run")
     p.add_argument("text", help='text with one or more [MASK], e.g. "The capital of France is [MASK]."')
     p.add_argument("--top_k", type=int, default=5, help="predictions per mask (default: 5)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _device_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_fill_mask)
 
@@ -513,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="file to predict on (gold labels optional)")
     p.add_argument("--output", required=True, help="where to write the predictions")
     p.add_argument("--batch_size", type=int, default=64, help="inputs per forward pass (default: 64)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    _device_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_predict)
 
@@ -521,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="fine-tuned task run directory")
     p.add_argument("--data", required=True, help="labelled file in the task's format")
     p.add_argument("--batch_size", type=int, default=64, help="inputs per forward pass (default: 64)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    _device_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -148,6 +148,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def config_source(config: str | Path | dict[str, Any] | Any | None) -> dict[str, Any]:
+    """One layer of a config as a nested dict: a YAML file's path, a dict, or a config dataclass."""
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return to_dict(config)
+    if isinstance(config, dict):
+        return config
+    return load_yaml(config)
+
+
+def saved_run_config(run_dir: Path) -> dict[str, Any]:
+    """The config.yaml a run directory was started with, for --resume."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise LmforgeError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start a new run")
+    return load_yaml(saved)
+
+
 def save_yaml(obj: Any, path: str | Path) -> None:
     from lmforge.utils.io import atomic_write_text
 

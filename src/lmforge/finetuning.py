@@ -27,7 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge.config import deep_merge, from_dict, load_yaml, nest_overrides, to_dict
+from lmforge.config import (
+    config_source,
+    deep_merge,
+    from_dict,
+    load_yaml,
+    nest_overrides,
+    saved_run_config,
+    to_dict,
+)
 from lmforge.errors import LmforgeError
 from lmforge.train.config import TrainConfig
 
@@ -99,18 +107,9 @@ def build_config(
     """defaults < saved task config (resume) < YAML/dict < overrides; also the train.* keys set explicitly."""
     data: dict[str, Any] = {}
     if resume_from is not None:
-        saved = resume_from / "config.yaml"
-        if not saved.is_file():
-            raise LmforgeError(f"{resume_from}: nothing to resume (no config.yaml); drop --resume")
-        saved_data = load_yaml(saved)
-        data = {**saved_data["task"], "train": saved_data.get("train", {})}
-    if isinstance(config, FinetuneConfig):
-        data = deep_merge(data, to_dict(config))
-    elif isinstance(config, dict):
-        data = deep_merge(data, config)
-    elif config is not None:
-        data = deep_merge(data, load_yaml(config))
-    data = deep_merge(data, overrides)
+        saved = saved_run_config(resume_from)
+        data = {**saved["task"], "train": saved.get("train", {})}
+    data = deep_merge(deep_merge(data, config_source(config)), overrides)
     explicit = set((data.get("train") or {}).keys())  # the rest follow from epochs / the dev file
     return from_dict(FinetuneConfig, data), explicit
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from lmforge.config import coerce, deep_merge, from_dict, load_yaml, to_dict
+from lmforge.config import coerce, config_source, deep_merge, from_dict, load_yaml, saved_run_config, to_dict
 from lmforge.data.clean import CleanConfig
 from lmforge.data.masking import MaskingConfig
 from lmforge.errors import LmforgeError
@@ -69,21 +69,8 @@ def build_config(
     resume_from: Path | None = None,
 ) -> PretrainConfig:
     """defaults < saved run config (on resume) < YAML/dict `config` < `overrides`."""
-    data: dict[str, Any] = {}
-    if resume_from is not None:
-        saved = resume_from / "config.yaml"
-        if not saved.is_file():
-            raise LmforgeError(
-                f"{resume_from}: nothing to resume (no config.yaml); drop --resume to start a new run"
-            )
-        data = load_yaml(saved)
-    if isinstance(config, PretrainConfig):
-        data = deep_merge(data, to_dict(config))
-    elif isinstance(config, dict):
-        data = deep_merge(data, config)
-    elif config is not None:
-        data = deep_merge(data, load_yaml(config))
-    data = deep_merge(data, overrides or {})
+    data = saved_run_config(resume_from) if resume_from is not None else {}
+    data = deep_merge(deep_merge(data, config_source(config)), overrides or {})
     if data.get("arch") is not None:  # the `arch` shortcut: moved into model.arch before it is validated
         coerce(data["arch"], Arch, "arch")
         model = data.get("model") or {}
