@@ -8,6 +8,7 @@ import random
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an offline hub lookup otherwise hangs for ~50 s
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +31,15 @@ def make_text(n_words: int, seed: int = 0) -> str:
             out.append(" ".join(line).capitalize() + ".")
             line = []
     return "\n".join(out) + "\n"
+
+
+def make_tokens(vocab: int, n: int = 6000, seed: int = 0) -> np.ndarray:
+    """A learnable token stream: 0..vocab-1 repeated, with 10% of positions replaced at random."""
+    rng = np.random.default_rng(seed)
+    base = np.tile(np.arange(vocab, dtype=np.uint16), n // vocab + 1)[:n]
+    noise = rng.random(n) < 0.1
+    base[noise] = rng.integers(0, vocab, noise.sum())
+    return base
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tests.conftest import make_tokens
 
 import lmforge
 from lmforge.data.stream_batches import StreamBatches, stream_eval_windows
@@ -23,12 +24,7 @@ VOCAB = 64
 
 
 def _tokens(n: int = 6000, seed: int = 0) -> np.ndarray:
-    # A learnable stream: mostly a repeating pattern with some noise (as tests/train/test_trainer.py).
-    rng = np.random.default_rng(seed)
-    base = np.tile(np.arange(VOCAB, dtype=np.uint16), n // VOCAB + 1)[:n]
-    noise = rng.random(n) < 0.1
-    base[noise] = rng.integers(0, VOCAB, noise.sum())
-    return base
+    return make_tokens(VOCAB, n, seed)
 
 
 # ---------------------------------------------------------------- stream batches

@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from tests.conftest import make_tokens
 
 from lmforge.data.batches import CausalLMBatches
 from lmforge.models import build_model
@@ -28,12 +29,8 @@ VOCAB = 64
 CUDA = torch.device("cuda")
 
 
-def _tokens(n=6000, seed=0):
-    rng = np.random.default_rng(seed)
-    base = np.tile(np.arange(VOCAB, dtype=np.uint16), n // VOCAB + 1)[:n]
-    noise = rng.random(n) < 0.1
-    base[noise] = rng.integers(0, VOCAB, noise.sum())
-    return base
+def _tokens(n: int = 6000, seed: int = 0) -> np.ndarray:
+    return make_tokens(VOCAB, n, seed)
 
 
 def _trainer(run_dir, steps, **train_kw):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.conftest import make_tokens
 
 from lmforge.data.batches import CausalLMBatches
 from lmforge.errors import LmforgeError
@@ -17,13 +18,8 @@ from lmforge.train.trainer import Trainer
 VOCAB = 64
 
 
-def _tokens(n=6000, seed=0):
-    # A learnable stream: mostly a repeating pattern with some noise.
-    rng = np.random.default_rng(seed)
-    base = np.tile(np.arange(VOCAB, dtype=np.uint16), n // VOCAB + 1)[:n]
-    noise = rng.random(n) < 0.1
-    base[noise] = rng.integers(0, VOCAB, noise.sum())
-    return base
+def _tokens(n: int = 6000, seed: int = 0) -> np.ndarray:
+    return make_tokens(VOCAB, n, seed)
 
 
 def _trainer(run_dir, steps, *, dropout=0.1, **train_kw):
