@@ -482,8 +482,8 @@ def _linear_cross_entropy(
     buffer = x.new_empty(min(chunk_rows, x.size(0)), w.size(0))
     for start in range(0, x.size(0), chunk_rows):
         rows = slice(start, start + chunk_rows)
-        logits = torch.mm(x[rows], w.t(), out=buffer[: x[rows].size(0)])
-        logits = logits.float()  # (rows, vocab); softmax statistics in float32
+        chunk = x[rows]
+        logits = torch.mm(chunk, w.t(), out=buffer[: chunk.size(0)]).float()  # (rows, vocab); stats in fp32
         if b is not None:
             logits += b
         # loss = logsumexp(logits) - logits[target]; one exp pass serves both it and the softmax.
@@ -500,9 +500,9 @@ def _linear_cross_entropy(
             grad = grad.to(dtype)
             torch.mm(grad, w_t.t(), out=grad_x[rows])
             if grad_w.dtype == dtype:  # float32: accumulate in place
-                grad_w.addmm_(grad.t(), x[rows])
+                grad_w.addmm_(grad.t(), chunk)
             else:  # bf16/fp16 products, accumulated in float32
-                grad_w += grad.t() @ x[rows]
+                grad_w += grad.t() @ chunk
     return loss_sum / count, count, grad_x, grad_w, grad_b
 
 
