@@ -55,6 +55,7 @@ from lmforge.data.masking import MaskingConfig
 from lmforge.models import build_model
 from lmforge.models.config import ModelConfig
 from lmforge.models.layers import init_normal
+from lmforge.objectives.clm import causal_lm
 from lmforge.objectives.mlm import mlm_loss
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer, autocast
@@ -110,7 +111,9 @@ def ours(a: argparse.Namespace, precision: str, compile: bool, device: torch.dev
     cfg = TrainConfig(batch_size=a.batch, seq_len=a.seq_len, precision=precision, compile=compile, progress=False,
                       tensorboard=False, plot=False, device=str(device))  # fmt: skip
     batches = CausalLMBatches(tokens(a), a.seq_len, a.batch, device=device)
-    return Trainer(build_model(model_config(a)), batches, cfg, "/nonexistent-run", device=device)
+    return Trainer(
+        build_model(model_config(a)), batches, cfg, "/nonexistent-run", objective=causal_lm(), device=device
+    )
 
 
 class ReferenceStep:

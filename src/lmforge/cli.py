@@ -115,13 +115,15 @@ def cmd_pretrain(ns: argparse.Namespace, rest: list[str]) -> None:
     overrides = namespace_overrides(ns, PretrainConfig)
     result = pretrain(ns.config, resume=ns.resume, sample_prompt=None if ns.json else ns.sample, **overrides)
     d = result.to_dict()
-    metrics = d.pop("val_metrics", None) or {}
+    metrics = dict(d.pop("val_metrics", None) or {})
+    ppl = metrics.pop("ppl", None)  # a causal LM's perplexity, derived from its loss
     shown = {k: v for k, v in d.items() if v is not None and k not in ("select_metric", "best_score")}
     human = "training finished\n" + _fmt(shown)
-    if metrics:  # objectives other than causal LM report their own metrics; exp(loss) means nothing there
+    if metrics:  # the objective's own validation metrics (masked-LM accuracy, pair accuracy, ...)
         human += "\nvalidation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    elif result.val_ppl is not None:
-        human += f"\nvalidation perplexity: {result.val_ppl:.2f}"
+    if ppl is not None:
+        human += f"\nvalidation perplexity: {ppl:.2f}"
+    d["val_ppl"] = ppl
     d["val_metrics"] = metrics or None
     _emit(d, ns.json, human)
 

@@ -240,7 +240,7 @@ def run_pretraining(
         torch.manual_seed(tcfg.seed + info.rank)  # dropout differs across ranks
         val = shards.tokens("val")
         trainer = Trainer(
-            model, setup.batches, tcfg, run_dir, val_batches=setup.val_batches, objective=setup.loss,
+            model, setup.batches, tcfg, run_dir, val_batches=setup.val_batches, objective=setup.objective,
             device=device, dist=info, flops_per_token=flops,
         )  # fmt: skip
         if info.is_main:

@@ -84,9 +84,9 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     check_vocab(model_cfg, tokenizer, str(run_dir / "tokenizer.json"))
     if data.get("objective") == "electra":  # generator + discriminator; `.discriminator` is the encoder
-        from lmforge.objectives.electra import build_electra
+        from lmforge.models.electra import ElectraModel
 
-        model = build_electra(model_cfg, data.get("electra"))
+        model = ElectraModel.from_run_config(model_cfg, data.get("electra"))
     else:
         model = build_model(model_cfg)
     weights_path = Path(weights) if weights else run_dir / "model.safetensors"

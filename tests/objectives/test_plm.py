@@ -11,18 +11,17 @@ import pytest
 import torch
 
 from lmforge.data.batches import CausalLMBatches
+from lmforge.data.permutation_batches import (
+    PermutationLMBatches,
+    num_predict,
+    permutation_eval_batches,
+    sample_orders,
+)
 from lmforge.errors import LmforgeError
 from lmforge.models import Encoder, build_model
 from lmforge.models.config import ModelConfig
-from lmforge.objectives.plm import (
-    PermutationEncoder,
-    PermutationLMBatches,
-    PLMConfig,
-    num_predict,
-    permutation_eval_batches,
-    plm_loss,
-    sample_orders,
-)
+from lmforge.models.permutation import PermutationEncoder
+from lmforge.objectives.plm import PLMConfig, plm_loss
 
 VOCAB, QUERY_ID = 40, 1
 

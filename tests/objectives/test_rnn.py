@@ -102,14 +102,14 @@ def test_loss_carries_the_lstm_state_across_batches():
     # The same two windows as one long window of 20 tokens: the same mean loss.
     L = (400 - 1) // 2
     rows = torch.stack([tokens[s * L : s * L + 21] for s in range(2)])
-    whole = model(rows[:, :-1], targets=rows[:, 1:]).output
+    whole = CarriedStateLoss()(model, (rows[:, :-1], rows[:, 1:]))[0]
     assert torch.allclose((got[0] + got[1]) / 2, whole, atol=1e-5)
     # Detached between batches: the second loss has no graph back into the first window.
     assert all(not t.requires_grad for t in loss_fn.train_state)
     # A fresh state at each epoch start, and evaluation keeps its own state.
     batches.load_state_dict({"epoch": 1, "position": 0})
     x, y = batches.next_batch()
-    assert torch.allclose(loss_fn(model, (x, y))[0], model(x, targets=y).output, atol=1e-6)
+    assert torch.allclose(loss_fn(model, (x, y))[0], CarriedStateLoss()(model, (x, y))[0], atol=1e-6)
     model.eval()
     train_state = loss_fn.train_state
     loss_fn.reset_eval()
@@ -173,7 +173,7 @@ def test_resume_with_the_carried_state_is_bitwise_identical(tmp_path):
     # Without the saved state the continuation differs: the test would see a lost state.
     lost = _trainer(tmp_path / "c", 10, grad_accum=2)
     assert lost.resume() == 6
-    lost.objective.load_state_tensors({})
+    lost.objective.loss.load_state_tensors({})
     while lost.step < 10:
         lost.train_step(lr_at(lost.step, lost.cfg))
         lost.step += 1

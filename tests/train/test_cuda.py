@@ -4,6 +4,7 @@ These run only where a CUDA device is present; on a CPU-only machine they are sk
 code paths run on CPU elsewhere in the suite).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -16,10 +17,11 @@ import pytest
 import torch
 from tests.conftest import make_tokens
 
-from lmforge.data.batches import CausalLMBatches
+from lmforge.data.batches import CausalLMBatches, eval_windows
 from lmforge.models import build_model
 from lmforge.models.config import ModelConfig
 from lmforge.models.weights import load_weights
+from lmforge.objectives.clm import causal_lm
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer
 
@@ -44,7 +46,11 @@ def _trainer(run_dir, steps, **train_kw):
     )  # fmt: skip
     cfg = TrainConfig(**{**settings, **train_kw})
     batches = CausalLMBatches(_tokens(), 32, 8, seed=cfg.seed)
-    return Trainer(model, batches, cfg, run_dir, val_tokens=_tokens(1200, seed=1))
+    val = _tokens(1200, seed=1)
+    return Trainer(
+        model, batches, cfg, run_dir, objective=causal_lm(),
+        val_batches=lambda: eval_windows(val, 32, 8, cfg.eval_batches),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
@@ -90,7 +96,7 @@ def test_resume_on_cuda_reaches_the_same_weights(tmp_path):
             raise Killed
         return clm_loss(model, batch)
 
-    killed.objective = dies_in_step_13
+    killed.objective = dataclasses.replace(killed.objective, loss=dies_in_step_13)
     with pytest.raises(Killed):
         killed.fit()
     resumed = _trainer(tmp_path / "b", 20, precision="fp32")
@@ -152,7 +158,8 @@ def test_ddp_with_nccl_runs_under_torchrun(tmp_path):
     script.write_text(textwrap.dedent(
         """
         import sys, numpy as np, torch
-        from lmforge.data.batches import CausalLMBatches
+        from lmforge.data.batches import CausalLMBatches, eval_windows
+        from lmforge.objectives.clm import causal_lm
         from lmforge.models import build_model
         from lmforge.models.config import ModelConfig
         from lmforge.train.config import TrainConfig
@@ -167,7 +174,9 @@ def test_ddp_with_nccl_runs_under_torchrun(tmp_path):
         cfg = TrainConfig(max_steps=6, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=1, log_every=2,
                           eval_every=3, save_every=3, progress=False, tensorboard=False, plot=False)
         batches = CausalLMBatches(tokens, 16, 4, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
-        Trainer(model, batches, cfg, sys.argv[1], val_tokens=tokens[:400], device=device, dist=info).fit()
+        val = lambda: eval_windows(tokens[:400], 16, 4, 2, rank=info.rank, world_size=info.world_size)
+        Trainer(model, batches, cfg, sys.argv[1], objective=causal_lm(), val_batches=val, device=device,
+                dist=info).fit()
         teardown_distributed()
         """
     ))  # fmt: skip

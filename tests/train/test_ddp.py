@@ -13,7 +13,8 @@ from lmforge.models.weights import load_weights
 SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, torch
-    from lmforge.data.batches import CausalLMBatches
+    from lmforge.data.batches import CausalLMBatches, eval_windows
+    from lmforge.objectives.clm import causal_lm
     from lmforge.models import build_model
     from lmforge.models.config import ModelConfig
     from lmforge.train.config import TrainConfig
@@ -29,7 +30,8 @@ SCRIPT = textwrap.dedent(
     cfg = TrainConfig(max_steps=6, batch_size=batch, seq_len=16, lr=3e-3, warmup_steps=1, log_every=2,
                       eval_every=0, save_every=3, progress=False, tensorboard=False, plot=False)
     batches = CausalLMBatches(tokens, 16, batch, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
-    Trainer(model, batches, cfg, run_dir, val_tokens=tokens[:400], device=device, dist=info).fit()
+    val = lambda: eval_windows(tokens[:400], 16, batch, cfg.eval_batches, rank=info.rank, world_size=info.world_size)
+    Trainer(model, batches, cfg, run_dir, objective=causal_lm(), val_batches=val, device=device, dist=info).fit()
     teardown_distributed()
     """
 )

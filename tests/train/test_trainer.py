@@ -1,5 +1,6 @@
 """The training loop: exact resume, NaN handling, early stopping, the metrics record."""
 
+import dataclasses
 import json
 import math
 
@@ -8,10 +9,11 @@ import pytest
 import torch
 from tests.conftest import make_tokens
 
-from lmforge.data.batches import CausalLMBatches
+from lmforge.data.batches import CausalLMBatches, eval_windows
 from lmforge.errors import LmforgeError
 from lmforge.models import build_model
 from lmforge.models.config import ModelConfig
+from lmforge.objectives.clm import causal_lm
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer
 
@@ -33,7 +35,11 @@ def _trainer(run_dir, steps, *, dropout=0.1, **train_kw):
     )  # fmt: skip
     cfg = TrainConfig(**{**settings, **train_kw})
     batches = CausalLMBatches(_tokens(), 16, 4, seed=cfg.seed)
-    return Trainer(model, batches, cfg, run_dir, val_tokens=_tokens(800, seed=1))
+    val = _tokens(800, seed=1)
+    return Trainer(
+        model, batches, cfg, run_dir, objective=causal_lm(),
+        val_batches=lambda: eval_windows(val, 16, 4, cfg.eval_batches),
+    )  # fmt: skip
 
 
 class Killed(Exception):
@@ -61,7 +67,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     # The same run killed inside step 9 (2 micro-batches a step): the last checkpoint is step 6,
     # and metrics rows of steps 7-8 were already written.
     killed = _trainer(tmp_path / "b", 10, grad_accum=2)
-    killed.objective = _dies_at_call(18)
+    killed.objective = dataclasses.replace(killed.objective, loss=_dies_at_call(18))
     with pytest.raises(Killed):
         killed.fit()
     torch.manual_seed(999)  # the restart must not depend on whatever the RNG was
@@ -102,7 +108,7 @@ def test_nan_steps_are_skipped_then_stop(tmp_path):
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] >= 8 else loss), m
 
-    t.objective = nan_from_step_8
+    t.objective = dataclasses.replace(t.objective, loss=nan_from_step_8)
     with (
         pytest.warns(UserWarning, match="skipped .* non-finite"),
         pytest.raises(LmforgeError, match="NaN/inf for"),

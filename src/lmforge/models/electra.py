@@ -18,8 +18,8 @@ Linear(d, d_g) (ELECTRA's `embeddings_project`). Its masked-LM head maps back th
 dense(d_g -> d) -> activation -> LayerNorm(d), so that the output projection is the shared token
 embedding itself (as ELECTRA's `get_token_logits` and HF's ElectraGeneratorPredictions): one tied
 matrix, whatever the widths. The generator is otherwise an ordinary `Encoder` with these modules
-swapped in, so `generator(ids)`, `generator.mlm_logits` and `generator.mlm_loss` work unchanged
-(fill-mask and masked-LM evaluation use them).
+swapped in, so `generator(ids)`, `generator.mlm_logits` and `generator.output_layer()` work
+unchanged (fill-mask, masked-LM evaluation and the objective's fused loss use them).
 
 Parameter names (the safetensors keys): `discriminator.*` as an Encoder's, `disc_head.{dense,
 dense_prediction}`, `generator.embed_proj`, `generator.blocks.{i}.*`, `generator.norm_f`
@@ -33,13 +33,12 @@ import dataclasses
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
 from lmforge.models.encoder import Encoder
-from lmforge.models.layers import linear_cross_entropy, make_activation
+from lmforge.models.layers import make_activation
 
 
 def generator_config(cfg: ModelConfig, size: float) -> ModelConfig:
@@ -130,12 +129,10 @@ class ElectraGenerator(Encoder):
 class ElectraOutput(NamedTuple):
     """What one ELECTRA step computes (all on the device; nothing is synchronised with the host)."""
 
-    gen_loss: torch.Tensor  # () mean cross-entropy of the generator at the masked positions
-    disc_loss: torch.Tensor  # () mean binary cross-entropy of the discriminator over the real tokens
+    gen_features: torch.Tensor  # (N, d) the generator's masked-LM head features at the masked positions
     disc_logits: torch.Tensor  # (B, T) float32, > 0 means "replaced"
     replaced: torch.Tensor  # (B, T) bool: the discriminator's labels (token differs from the original)
     real: torch.Tensor | None  # (B, T) bool: non-padding tokens; None when nothing is padded
-    gen_logits: torch.Tensor | None  # (N, vocab) float32 at the masked positions, in eval mode only
 
 
 def corrupt(
@@ -187,6 +184,12 @@ class ElectraModel(nn.Module):
         self.disc_head.apply(self.discriminator._init_weights)
         self.generator = ElectraGenerator(generator_config(cfg, generator_size), self.discriminator)
 
+    @classmethod
+    def from_run_config(cls, cfg: ModelConfig, section: dict | None) -> ElectraModel:
+        """The model of an ELECTRA run, from its model config and its saved `electra` section."""
+        section = section or {}
+        return cls(cfg, float(section.get("generator_size", 0.25)), float(section.get("temperature", 1.0)))
+
     def unused_parameters(self) -> list[nn.Parameter]:
         """The discriminator's heads that replaced-token detection never runs (sentence-pair pooler and
         head, masked-LM head; an untied vocab matrix): pretraining freezes them so DDP does not wait for
@@ -216,31 +219,17 @@ class ElectraModel(nn.Module):
         """
         gen = self.generator
         h = gen(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)  # (B, T, d_g)
-        hm = gen.mlm_head(h.flatten(0, 1).index_select(0, mlm_positions))  # (N, d)
-        gen_logits = None
-        if self.training:
-            # Fused head + loss: the (N, vocab) logits are not kept for the backward pass.
-            gen_loss = linear_cross_entropy(hm, gen.lm_head.weight, mlm_targets, bias=gen.mlm_bias)
-            with torch.no_grad():
-                logits = F.linear(hm, gen.lm_head.weight, gen.mlm_bias)  # (N, vocab), for sampling only
-        else:
-            gen_logits = F.linear(hm, gen.lm_head.weight, gen.mlm_bias).float()
-            gen_loss = F.cross_entropy(gen_logits, mlm_targets)
-            logits = gen_logits
+        hm = gen.mlm_features(h, mlm_positions)  # (N, d)
         with torch.no_grad():
+            logits = gen.output_layer().logits(hm)  # (N, vocab), for sampling only
             u = torch.rand(mlm_positions.shape, device=idx.device) if sample_u is None else sample_u
-            sampled = sample_tokens(logits.detach(), u, self.temperature)  # (N,)
+            sampled = sample_tokens(logits, u, self.temperature)  # (N,)
             corrupted, replaced = corrupt(idx, mlm_positions, mlm_targets, sampled)
 
         hd = self.discriminator(corrupted, token_type_ids=token_type_ids, attention_mask=attention_mask)
         disc_logits = self.disc_head(hd).float()  # (B, T)
         real = attention_mask.bool() if attention_mask is not None else None
-        per_token = F.binary_cross_entropy_with_logits(disc_logits, replaced.float(), reduction="none")
-        if real is None:
-            disc_loss = per_token.mean()
-        else:
-            disc_loss = (per_token * real).sum() / real.sum().clamp(min=1)
-        return ElectraOutput(gen_loss, disc_loss, disc_logits, replaced, real, gen_logits)
+        return ElectraOutput(hm, disc_logits, replaced, real)
 
     @torch.no_grad()
     def detect(

@@ -20,18 +20,17 @@ as in the decoder, `norm_f` (pre-norm only), `pooler`, `mlm_head.{dense,norm}`, 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
 from lmforge.models.layers import (
     Block,
+    OutputLayer,
     RotaryEmbedding,
     check_length,
     init_normal,
     init_transformer,
-    linear_cross_entropy,
     make_activation,
     make_norm,
     sinusoidal_table,
@@ -149,16 +148,16 @@ class Encoder(nn.Module):
 
     def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (..., vocab_size) of hidden states (..., d_model)."""
-        return F.linear(self.mlm_head(h), self.lm_head.weight, self.mlm_bias)
+        return self.output_layer().logits(self.mlm_head(h))
 
-    def mlm_loss(self, h: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the tokens `targets` (N,) at flat `positions` (N,) of h (B, T, d).
+    def mlm_features(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The masked-LM head's transform at flat `positions` (N,) of h (B, T, d): (N, d_model), the
+        features `output_layer()` projects. Only the masked positions pass through the head."""
+        return self.mlm_head(h.flatten(0, 1).index_select(0, positions))
 
-        Only the masked positions pass through the head, and the vocab projection is fused with
-        the loss (no (N, vocab) logits are kept for the backward pass).
-        """
-        hm = self.mlm_head(h.flatten(0, 1).index_select(0, positions))  # (N, d_model)
-        return linear_cross_entropy(hm, self.lm_head.weight, targets, bias=self.mlm_bias)
+    def output_layer(self) -> OutputLayer:
+        """The tied vocabulary projection with its bias, as the masked-LM objectives fuse it with the loss."""
+        return OutputLayer(self.lm_head.weight, self.mlm_bias)
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         """BERT's pooled [CLS] representation: tanh(dense(h[:, 0])), (B, d_model)."""

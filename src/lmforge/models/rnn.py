@@ -9,8 +9,8 @@
   every non-recurrent connection (embeddings, between layers, outputs), never on the recurrent one.
 
 Both read (B, T) token ids and a carried `state` and return `RNNOutput(output, state)`: the logits
-(B, T, vocab), or the mean loss when `targets` are given (the head fused with the loss, as in
-`Transformer`), and the state to hand to the next window of the same streams. For the LSTM the
+(B, T, vocab), or with `features=True` the inputs of `output_layer()` (which the objectives fuse
+with the loss, as for `Transformer`), and the state to hand to the next window of the same streams. For the LSTM the
 state is (h, c), for the GRU (h,), each (n_layer, B, hidden); for the NNLM it is (B, n-2) token ids,
 the context the next window's first positions need. Carrying it makes consecutive windows of a
 stream one long sequence (truncated backpropagation through time, see lmforge.objectives.rnn);
@@ -36,7 +36,7 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
-from lmforge.models.layers import linear_cross_entropy
+from lmforge.models.layers import OutputLayer
 
 State = tuple[torch.Tensor, ...]
 
@@ -52,7 +52,7 @@ HEAD_CHUNK_BYTES = 256 << 20
 class RNNOutput(NamedTuple):
     """What the baselines return: unpack as `out, state = model(idx, state)`."""
 
-    output: torch.Tensor  # logits (B, T, vocab), or the mean loss (0-d) when targets were given
+    output: torch.Tensor  # logits (B, T, vocab), or with `features` the output layer's inputs (B, T, k)
     state: State  # to pass to the next window of the same streams
 
     @property
@@ -86,8 +86,8 @@ def _check_vocab(cfg: ModelConfig) -> None:
 
 
 class _Baseline(nn.Module):
-    """What both baselines share: the output layer fused with the loss, and parameter and FLOP
-    counts in the Transformer's conventions."""
+    """What both baselines share: the output layer (features for the objectives' fused loss), and
+    parameter and FLOP counts in the Transformer's conventions."""
 
     config: ModelConfig
     tok_emb: nn.Embedding
@@ -106,33 +106,31 @@ class _Baseline(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 
-    def _output(
-        self,
-        h: torch.Tensor,
-        targets: torch.Tensor | None,
-        x: torch.Tensor | None = None,
-        direct: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """h (B, T, hidden) -> logits (B, T, vocab), or the mean cross-entropy against targets (B, T).
+    def _output(self, h: torch.Tensor, features: bool, x: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B, T, hidden) -> logits (B, T, vocab), or with `features` the inputs of `output_layer()`.
 
-        `direct` (vocab, k) weights add `x (B, T, k) @ direct.T` to the logits (the NNLM's direct
-        connections). For the loss that is one fused product of [h, x] with [lm_head, direct]:
-        the (B, T, vocab) logits are never held either way.
+        The NNLM's direct connections add `x (B, T, k) @ direct.T` to the logits. As features that
+        is one product of [h, x] with [lm_head, direct] (see `output_layer`), so the fused loss
+        never holds the (B, T, vocab) logits either way.
         """
         if self.proj is not None:
             h = self.proj(h)  # (B, T, d_model)
-        weight, bias = self.lm_head.weight, self.lm_head.bias
-        if targets is not None:
-            if direct is not None and x is not None:
-                h, weight = torch.cat([h, x], dim=-1), torch.cat([weight, direct], dim=1)
-            chunk_rows = max(1, HEAD_CHUNK_BYTES // (4 * weight.size(0)))
-            return linear_cross_entropy(
-                h.flatten(0, 1), weight, targets.flatten(), bias=bias, chunk_rows=chunk_rows
-            )
+        direct = getattr(self, "direct", None)
+        if features:
+            return torch.cat([h, x], dim=-1) if direct is not None and x is not None else h
         logits = self.lm_head(h)  # (B, T, vocab)
         if direct is not None and x is not None:
-            logits = logits + nn.functional.linear(x, direct)
+            logits = logits + nn.functional.linear(x, direct.weight)
         return logits
+
+    def output_layer(self) -> OutputLayer:
+        """The output layer over the features `forward(..., features=True)` returns, with a chunk
+        size that keeps a whole TBPTT batch in one chunk (see HEAD_CHUNK_BYTES)."""
+        weight = self.lm_head.weight
+        direct = getattr(self, "direct", None)
+        if direct is not None:
+            weight = torch.cat([weight, direct.weight], dim=1)  # (vocab, d_model + c*d)
+        return OutputLayer(weight, self.lm_head.bias, max(1, HEAD_CHUNK_BYTES // (4 * weight.size(0))))
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (a tied embedding counted once).
@@ -212,14 +210,14 @@ class RecurrentLM(_Baseline):
         idx: torch.Tensor,
         state: State | None = None,
         *,
-        targets: torch.Tensor | None = None,
+        features: bool = False,
         cache: StateCache | None = None,
     ) -> RNNOutput | torch.Tensor:
         """idx (B, T) ids, state from the previous window (None: start of text) -> RNNOutput.
 
-        With `targets` (B, T) (-100 = ignore) the output is the mean cross-entropy, from the output
-        layer fused with the loss (no (B, T, vocab) logits held); else the logits (B, T, vocab).
-        With a `cache` (decoding), the state is read from and kept in it, and the logits returned.
+        The output is the logits (B, T, vocab), or with `features` the inputs of `output_layer()`,
+        which the objectives fuse with the loss (no (B, T, vocab) logits held). With a `cache`
+        (decoding), the state is read from and kept in it, and the logits returned.
         """
         if cache is not None:
             state = cache.state
@@ -229,7 +227,7 @@ class RecurrentLM(_Baseline):
             hx = (state[0], state[1]) if self.config.arch == "lstm" else state[0]
         h, new = self.rnn(x, hx)  # h (B, T, hidden); new: (h_n, c_n) or h_n, each (n_layer, B, hidden)
         new_state = tuple(new) if isinstance(new, tuple) else (new,)
-        out = RNNOutput(self._output(self.out_drop(h), targets), new_state)
+        out = RNNOutput(self._output(self.out_drop(h), features), new_state)
         return self._step_cache(out, cache, idx.size(1))
 
 
@@ -274,13 +272,13 @@ class NNLM(_Baseline):
         idx: torch.Tensor,
         state: State | None = None,
         *,
-        targets: torch.Tensor | None = None,
+        features: bool = False,
         cache: StateCache | None = None,
     ) -> RNNOutput | torch.Tensor:
         """idx (B, T) ids, state = the previous window's last context-1 ids (None: start of text).
 
-        Outputs as `RecurrentLM.forward` (logits, or the fused loss with `targets`; with a `cache`
-        the logits alone).
+        Outputs as `RecurrentLM.forward` (logits, or with `features` the output layer's inputs; with
+        a `cache` the logits alone).
         """
         if cache is not None:
             state = cache.state
@@ -293,9 +291,8 @@ class NNLM(_Baseline):
         x = e.unfold(1, c, 1).transpose(2, 3).flatten(2)  # (B, T, c*d)
         x = self.emb_drop(x)
         h = self.drop(torch.tanh(self.hidden(x)))  # (B, T, hidden)
-        direct = self.direct.weight if self.direct is not None else None  # (vocab, c*d)
         new_state = (ids[:, ids.size(1) - (c - 1) :],)  # (B, c-1)
-        out = RNNOutput(self._output(h, targets, x, direct), new_state)
+        out = RNNOutput(self._output(h, features, x), new_state)
         return self._step_cache(out, cache, idx.size(1))
 
 

@@ -16,11 +16,11 @@ from lmforge.models.config import ModelConfig
 from lmforge.models.layers import (
     Block,
     KVCache,
+    OutputLayer,
     RotaryEmbedding,
     check_length,
     init_normal,
     init_transformer,
-    linear_cross_entropy,
     make_norm,
     sinusoidal_table,
 )
@@ -63,16 +63,17 @@ class Transformer(nn.Module):
         init_normal(module, self.config.init_std)
 
     def forward(
-        self, idx: torch.Tensor, *, cache: KVCache | None = None, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, *, cache: KVCache | None = None, features: bool = False
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size).
 
         With a `cache`, idx holds the positions after the cached ones (a prompt, then one token
         per step); their keys/values are appended and `cache.length` advances by T.
 
-        With `targets` (B, T) token ids (-100 = ignore), returns instead the mean cross-entropy of
-        the predictions against them, from an LM head fused with the loss that never holds the
-        (B, T, vocab_size) logits: less memory, and the fastest way to train (`clm_loss` uses it).
+        With `features`, returns instead the final hidden states (B, T, d_model) that the LM head
+        reads: objectives fuse `output_layer()` with the loss on those (`clm_loss`), which never
+        holds the (B, T, vocab_size) logits. The call still goes through `forward`, so DDP and
+        torch.compile wrappers see it.
         """
         T = idx.size(1)
         start = cache.length if cache is not None else 0
@@ -86,9 +87,13 @@ class Transformer(nn.Module):
         x = self._trunk(idx, start, cache)
         if cache is not None:
             cache.length += T
-        if targets is not None:
-            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        if features:
+            return x
         return self.lm_head(x)  # (B, T, vocab_size)
+
+    def output_layer(self) -> OutputLayer:
+        """The LM head as the objectives' fused loss takes it (no bias)."""
+        return OutputLayer(self.lm_head.weight, None)
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) -> the final hidden states (B, T, d_model) that the LM head reads.

@@ -1,43 +1,41 @@
-"""Pretraining objectives: each turns a model and a batch into a loss, and knows its own data.
+"""Pretraining objectives: loss functions, and the setup that pairs each with its model and data.
 
-Every objective module provides `setup(cfg, shards, seq_len, dist, device) -> ObjectiveSetup`:
-the model it trains, resumable training batches, a factory of fixed validation batches and the
-loss function. `lmforge pretrain --objective NAME` looks the module up in `OBJECTIVES`, so adding
-an objective means adding a module and a line here; the trainer never changes.
+`OBJECTIVES` maps every `--objective` name to the function that sets it up:
+`setup(cfg, shards, seq_len, dist, device) -> ObjectiveSetup` (the model, resumable training
+batches, fixed validation batches, the `Objective` and the FLOPs per token).
+
+What a new objective touches:
+  - its batch source, if the existing ones do not fit: `lmforge/data/<name>_batches.py`
+    (resumable: next_batch, state_dict/load_state_dict, batch_size, seq_len);
+  - its model, if it needs more than `build_model(cfg.model)`: `lmforge/models/<name>.py`
+    (returning logits or features, never a loss);
+  - its loss and setup: `lmforge/objectives/<name>.py`;
+  - one line in `OBJECTIVES` below, and the name in `PretrainConfig.objective`'s Literal.
+The trainer never changes.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
-Loss = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+from lmforge.objectives import clm, electra, mlm, plm, rnn
+from lmforge.objectives.base import Loss, Objective, ObjectiveSetup
 
-# objective name -> module providing setup()
-OBJECTIVES: dict[str, str] = {
-    "clm": "lmforge.objectives.clm",
-    "mlm": "lmforge.objectives.mlm",
-    "mlm+nsp": "lmforge.objectives.mlm",
-    "mlm+sop": "lmforge.objectives.mlm",
-    "plm": "lmforge.objectives.plm",
-    "electra": "lmforge.objectives.electra",
+Setup = Callable[[Any, Any, int, Any, torch.device], ObjectiveSetup]
+
+OBJECTIVES: dict[str, Setup] = {
+    "clm": clm.setup,  # causal LM (GPT)
+    "mlm": mlm.setup,  # masked LM on full sentences (RoBERTa)
+    "mlm+nsp": mlm.setup,  # masked LM + next-sentence prediction (BERT)
+    "mlm+sop": mlm.setup,  # masked LM + sentence-order prediction (ALBERT)
+    "plm": plm.setup,  # permutation LM (XLNet)
+    "electra": electra.setup,  # replaced token detection (ELECTRA)
     # clm for the classic baselines (model.arch lstm/gru/nnlm): truncated BPTT, state carried
-    "clm-carried-state": "lmforge.objectives.rnn",
+    "clm-carried-state": rnn.setup,
 }
-
-
-@dataclass
-class ObjectiveSetup:
-    model: nn.Module  # freshly initialised, on the CPU
-    batches: Any  # next_batch(), state_dict(), load_state_dict(), batch_size, seq_len
-    val_batches: Callable[[], Iterable[Any]] | None  # the same fixed batches at every call
-    loss: Loss
-    flops_per_token: float  # training FLOPs per input token, for MFU
 
 
 def setup_objective(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> ObjectiveSetup:
@@ -47,8 +45,7 @@ def setup_objective(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torc
     name = cfg.objective
     if name == "clm" and cfg.model.arch in BASELINE_ARCHS:
         name = "clm-carried-state"
-    module = importlib.import_module(OBJECTIVES[name])
-    return module.setup(cfg, shards, seq_len, dist, device)
+    return OBJECTIVES[name](cfg, shards, seq_len, dist, device)
 
 
-__all__ = ["OBJECTIVES", "Loss", "ObjectiveSetup", "setup_objective"]
+__all__ = ["OBJECTIVES", "Loss", "Objective", "ObjectiveSetup", "setup_objective"]

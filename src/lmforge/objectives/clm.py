@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.models.transformer import Transformer
 from lmforge.models.weights import unwrap
+from lmforge.objectives.base import Objective, ObjectiveSetup
+from lmforge.objectives.losses import linear_cross_entropy
 
 
 def clm_loss(
@@ -17,25 +19,45 @@ def clm_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean next-token cross-entropy (nats/token) over a (B, T) batch of inputs and targets.
 
-    Our Transformer is handed the targets, so that its LM head and the loss run fused without
-    materialising the (B, T, vocab) logits (see `linear_cross_entropy`); that saves memory and
-    about a fifth of the head's time. Other models (transformers' ones, say) return logits and
-    the loss is taken from those.
+    Our models hand over their final features and their `output_layer()`, so that the LM head and
+    the loss run fused without materialising the (B, T, vocab) logits (see `linear_cross_entropy`);
+    that saves memory and about a fifth of the head's time. Other models (transformers' ones, say)
+    return logits and the loss is taken from those.
     """
     x, y = batch
-    if isinstance(unwrap(model), Transformer):
-        return model(x, targets=y), {}
+    inner = unwrap(model)
+    if hasattr(inner, "output_layer"):
+        features = model(x, features=True)  # through the wrapper: DDP and compile see the call
+        head = inner.output_layer()
+        loss = linear_cross_entropy(
+            features.flatten(0, 1), head.weight, y.flatten(), bias=head.bias, chunk_rows=head.chunk_rows
+        )
+        return loss, {}
     logits = model(x)  # (B, T, V)
     logits = getattr(logits, "logits", logits)
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
     return loss, {}
 
 
-def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> Any:
+def target_tokens(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """A causal-LM batch weighs as many target tokens as it predicts."""
+    return int(batch[1].numel())
+
+
+def perplexity(loss: float) -> dict[str, float]:
+    """exp(mean nats per token), capped so that a diverged loss still prints."""
+    return {"ppl": math.exp(min(loss, 50))}
+
+
+def causal_lm(loss: Any = clm_loss) -> Objective:
+    """The causal-LM objective as the trainer takes it (also for the carried-state baselines)."""
+    return Objective("clm", loss, batch_weight=target_tokens, derived=perplexity)
+
+
+def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> ObjectiveSetup:
     """Decoder, windows of the token stream, and the fixed first windows of the validation split."""
     from lmforge.data.batches import CausalLMBatches, eval_windows
     from lmforge.models import build_model
-    from lmforge.objectives import ObjectiveSetup
 
     tcfg = cfg.train
     model = build_model(cfg.model)
@@ -52,4 +74,4 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
                 val, seq_len, tcfg.batch_size, tcfg.eval_batches, rank=dist.rank, world_size=dist.world_size
             )
 
-    return ObjectiveSetup(model, batches, val_batches, clm_loss, model.flops_per_token(seq_len))
+    return ObjectiveSetup(model, batches, val_batches, causal_lm(), model.flops_per_token(seq_len))

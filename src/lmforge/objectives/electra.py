@@ -20,17 +20,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.masking import MaskingConfig
 from lmforge.errors import LmforgeError
+from lmforge.models.electra import ElectraOutput
 from lmforge.models.weights import unwrap
+from lmforge.objectives.base import Objective, ObjectiveSetup
+from lmforge.objectives.losses import linear_cross_entropy
 
 
 @dataclass
@@ -66,52 +68,12 @@ def electra_masking(mlm: MaskingConfig) -> MaskingConfig:
     return mlm
 
 
-class ElectraBatches:
-    """Masked-LM batches plus `sample_u` (N,) float32: a uniform number per masked position.
-
-    Wraps a `MaskedLMBatches` (mode "mlm") and keeps its resumable state; the uniforms of a
-    batch come from (seed, epoch, position, rank) before it is drawn, so they are restored with it.
-    """
-
-    def __init__(self, inner: Any, seed: int, rank: int = 0) -> None:
-        self.inner, self.seed, self.rank = inner, seed, rank
-
-    @property
-    def batch_size(self) -> int:
-        return self.inner.batch_size
-
-    @property
-    def seq_len(self) -> int:
-        return self.inner.seq_len
-
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.inner.tokens_per_batch
-
-    def state_dict(self) -> dict[str, int]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.inner.load_state_dict(state)
-
-    def _with_uniforms(self, batch: dict[str, Any], key: list[int]) -> dict[str, Any]:
-        positions = batch["mlm_positions"]
-        u = np.random.Generator(np.random.PCG64(key)).random(positions.numel(), dtype=np.float32)
-        t = torch.from_numpy(u)
-        if positions.device.type == "cuda":
-            t = t.pin_memory()
-        batch["sample_u"] = t.to(positions.device, non_blocking=True)
-        return batch
-
-    def next_batch(self) -> dict[str, Any]:
-        st = self.inner.state
-        key = [self.seed, st.epoch, st.position, self.rank, 17]  # before the draw moves the state
-        return self._with_uniforms(self.inner.next_batch(), key)
-
-    def eval_batches(self, max_batches: int | None = None) -> Iterator[dict[str, Any]]:
-        """The inner source's fixed validation batches, each with fixed uniforms."""
-        for i, batch in enumerate(self.inner.eval_batches(max_batches)):
-            yield self._with_uniforms(batch, [self.seed, 1 << 20, i, self.rank, 19])
+def discriminator_loss(out: ElectraOutput) -> torch.Tensor:
+    """Mean binary cross-entropy of the replaced-token logits over the real (non-padding) tokens."""
+    per_token = F.binary_cross_entropy_with_logits(out.disc_logits, out.replaced.float(), reduction="none")
+    if out.real is None:
+        return per_token.mean()
+    return (per_token * out.real).sum() / out.real.sum().clamp(min=1)
 
 
 def electra_loss(
@@ -119,6 +81,8 @@ def electra_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """gen_loss + disc_weight * disc_loss, and metrics (0-d tensors, no host sync).
 
+    gen_loss is the generator's masked-LM cross-entropy (its head fused with the loss in training),
+    disc_loss the discriminator's mean binary cross-entropy over the real tokens.
     Metrics: `gen_loss`, `disc_loss`, `disc_acc` (over real tokens) always; in eval mode also
     `gen_acc` (generator top-1 at the masked positions, needs the logits training never keeps) and
     `replaced_recall` (share of the replaced tokens the discriminator flags).
@@ -128,39 +92,38 @@ def electra_loss(
         sample_u=batch.get("sample_u"), token_type_ids=batch.get("token_type_ids"),
         attention_mask=batch.get("attention_mask"),
     )  # fmt: skip
+    targets = batch["mlm_targets"]
+    head = unwrap(model).generator.output_layer()
+    training = unwrap(model).training
+    if training:
+        gen_loss = linear_cross_entropy(out.gen_features, head.weight, targets, bias=head.bias)
+    else:
+        gen_logits = head.logits(out.gen_features).float()  # (N, vocab)
+        gen_loss = F.cross_entropy(gen_logits, targets)
+    disc_loss = discriminator_loss(out)
     flagged = out.disc_logits > 0  # (B, T)
     correct = flagged == out.replaced
     if out.real is None:
         disc_acc = correct.float().mean()
     else:
         disc_acc = (correct & out.real).sum().float() / out.real.sum().clamp(min=1)
-    metrics = {"gen_loss": out.gen_loss.detach(), "disc_loss": out.disc_loss.detach(), "disc_acc": disc_acc}
-    if not unwrap(model).training and out.gen_logits is not None:
-        metrics["gen_acc"] = (out.gen_logits.argmax(-1) == batch["mlm_targets"]).float().mean()
+    metrics = {"gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(), "disc_acc": disc_acc}
+    if not training:
+        metrics["gen_acc"] = (gen_logits.argmax(-1) == targets).float().mean()
         # Replaced tokens are masked positions, which are never padding.
         metrics["replaced_recall"] = (flagged & out.replaced).sum().float() / out.replaced.sum().clamp(min=1)
-    return out.gen_loss + disc_weight * out.disc_loss, metrics
+    return gen_loss + disc_weight * disc_loss, metrics
 
 
-def build_electra(model_cfg: Any, electra: ElectraConfig | dict[str, Any] | None = None) -> nn.Module:
-    """The ElectraModel of `model_cfg` (the discriminator's config) and the `electra` settings
-    (an ElectraConfig, or a run config's `electra` section)."""
-    from lmforge.config import from_dict
+def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> ObjectiveSetup:
+    """ElectraModel, masked-LM batches with sampling uniforms, and fixed validation batches."""
+    from lmforge.data.electra_batches import ElectraBatches
+    from lmforge.data.mlm_batches import MaskedLMBatches
     from lmforge.models.electra import ElectraModel
 
-    if not isinstance(electra, ElectraConfig):
-        electra = from_dict(ElectraConfig, electra or {}, prefix="electra.")
-    electra.validate()
-    return ElectraModel(model_cfg, electra.generator_size, electra.temperature)
-
-
-def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> Any:
-    """ElectraModel, masked-LM batches with sampling uniforms, and fixed validation batches."""
-    from lmforge.data.mlm_batches import MaskedLMBatches
-    from lmforge.objectives import ObjectiveSetup
-
-    tcfg = cfg.train
-    model = build_electra(cfg.model, cfg.electra)
+    tcfg, ecfg = cfg.train, cfg.electra
+    ecfg.validate()
+    model = ElectraModel(cfg.model, ecfg.generator_size, ecfg.temperature)
     for p in model.unused_parameters():  # keep DDP from waiting for gradients that never come
         p.requires_grad_(False)
     masking = electra_masking(cfg.mlm)
@@ -191,7 +154,7 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
 
     flops = model.flops_per_token(seq_len, predicted_fraction=masking.rate)
     loss = functools.partial(electra_loss, disc_weight=cfg.electra.disc_weight)
-    return ObjectiveSetup(model, batches, val_batches, loss, flops)
+    return ObjectiveSetup(model, batches, val_batches, Objective("electra", loss), flops)
 
 
-__all__ = ["ElectraBatches", "ElectraConfig", "build_electra", "electra_loss", "electra_masking", "setup"]
+__all__ = ["ElectraConfig", "discriminator_loss", "electra_loss", "electra_masking", "setup"]

@@ -18,6 +18,8 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.weights import unwrap
+from lmforge.objectives.base import Objective, ObjectiveSetup
+from lmforge.objectives.losses import linear_cross_entropy
 
 MODES = {"mlm": "mlm", "mlm+nsp": "nsp", "mlm+sop": "sop"}
 
@@ -39,8 +41,9 @@ def mlm_loss(
     )
     positions, targets = batch["mlm_positions"], batch["mlm_targets"]
     metrics: dict[str, torch.Tensor] = {}
-    if enc.training:
-        mlm = enc.mlm_loss(h, positions, targets)
+    if enc.training:  # the vocab projection fused with the loss: no (N, vocab) logits kept
+        head = enc.output_layer()
+        mlm = linear_cross_entropy(enc.mlm_features(h, positions), head.weight, targets, bias=head.bias)
     else:
         logits = enc.mlm_logits(h.flatten(0, 1).index_select(0, positions)).float()
         mlm = F.cross_entropy(logits, targets)
@@ -57,11 +60,10 @@ def mlm_loss(
     return loss, metrics
 
 
-def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> Any:
+def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> ObjectiveSetup:
     """Encoder, masked-LM batches (with sentence pairs for NSP/SOP) and fixed validation batches."""
     from lmforge.data.mlm_batches import MaskedLMBatches
     from lmforge.models import build_model
-    from lmforge.objectives import ObjectiveSetup
 
     tcfg, mode = cfg.train, MODES[cfg.objective]
     model = build_model(cfg.model)
@@ -89,7 +91,7 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
                 return val_src.eval_batches(tcfg.eval_batches)
 
     flops = model.flops_per_token(seq_len, predicted_fraction=cfg.mlm.rate)
-    return ObjectiveSetup(model, batches, val_batches, mlm_loss, flops)
+    return ObjectiveSetup(model, batches, val_batches, Objective(cfg.objective, mlm_loss), flops)
 
 
 __all__ = ["mlm_loss", "setup"]

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from lmforge.models.weights import unwrap
+from lmforge.objectives.base import ObjectiveSetup
+from lmforge.objectives.losses import linear_cross_entropy
 
 State = tuple[torch.Tensor, ...]
 
@@ -38,7 +40,8 @@ class CarriedStateLoss:
     `batches` is the training batch source; its `first_of_epoch` (True after serving an epoch's
     first batch) says when to start from a fresh state. A source without it is taken to have no
     continuity between batches, and every training batch then starts fresh. The model is called
-    as `model(x, state, targets=y) -> (loss, new_state)`; eval mode (`model.eval()`) uses a
+    as `model(x, state, features=True) -> (features, new_state)` and its `output_layer()` fused
+    with the loss; eval mode (`model.eval()`) uses a
     separate state, reset by `reset_eval()`.
     """
 
@@ -62,7 +65,11 @@ class CarriedStateLoss:
             state = None if fresh else self.train_state
         else:
             state = self.eval_state
-        loss, new_state = model(x, state, targets=y)
+        features, new_state = model(x, state, features=True)
+        head = unwrap(model).output_layer()
+        loss = linear_cross_entropy(
+            features.flatten(0, 1), head.weight, y.flatten(), bias=head.bias, chunk_rows=head.chunk_rows
+        )
         # Detached: the next window's gradients stop here (truncated BPTT), and the graph of this
         # window is freed once its backward has run.
         carried = tuple(s.detach() for s in new_state)
@@ -103,11 +110,11 @@ class CarriedStateLoss:
         self.train_rows = rows or 0
 
 
-def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> Any:
+def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> ObjectiveSetup:
     """A baseline model, stream batches, in-order validation streams and the carried-state loss."""
     from lmforge.data.stream_batches import StreamBatches, stream_eval_windows
     from lmforge.models import build_model
-    from lmforge.objectives import ObjectiveSetup
+    from lmforge.objectives.clm import causal_lm
 
     tcfg = cfg.train
     model = build_model(cfg.model)
@@ -126,7 +133,7 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
                 val, seq_len, tcfg.batch_size, tcfg.eval_batches, rank=dist.rank, world_size=dist.world_size
             )
 
-    return ObjectiveSetup(model, batches, val_batches, loss, model.flops_per_token(seq_len))
+    return ObjectiveSetup(model, batches, val_batches, causal_lm(loss), model.flops_per_token(seq_len))
 
 
 __all__ = ["CarriedStateLoss", "setup"]

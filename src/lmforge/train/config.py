@@ -34,8 +34,9 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept in train_state/ besides the best one
     early_stopping_patience: int = 0  # stop after this many evaluations without improvement (0 = off)
     # The validation figure that picks the best weights and drives early stopping: loss (lower is
-    # better), or a metric the evaluation reports (accuracy, f1, exact_match...: higher is better).
-    select_metric: str = "loss"
+    # better), or a metric the evaluation reports (accuracy, f1, exact_match...: higher is better);
+    # auto = the objective's choice (the loss for pretraining, the task's metric for fine-tuning).
+    select_metric: str = "auto"
     log_every: int = 10  # steps between metric rows (each log is one host sync)
     max_nan_steps: int = 5  # consecutive non-finite steps tolerated (each skipped) before stopping
     threads: int = 0  # CPU threads for PyTorch (0 = leave PyTorch's default)

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lmforge.errors import LmforgeError
+from lmforge.utils.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -35,29 +35,6 @@ class DistInfo:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise LmforgeError(
-            f"train.device '{spec}' is not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LmforgeError(
-                f"train.device '{spec}' asked for CUDA but none is available; use --train.device cpu"
-            )
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def setup_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:

@@ -22,31 +22,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from lmforge.data.batches import CausalLMBatches, eval_windows
 from lmforge.errors import LmforgeError
 from lmforge.models.weights import save_weights
-from lmforge.objectives.clm import clm_loss
+from lmforge.objectives.base import Loss, Objective
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import TrainConfig
 from lmforge.train.flops import cpu_has_native_bf16, peak_flops
 from lmforge.train.logger import MetricsLogger
 from lmforge.train.optim import lr_at, make_optimizer
-from lmforge.train.parallel import DistInfo, all_reduce_sum, parallelize, resolve_device
+from lmforge.train.parallel import DistInfo, all_reduce_sum, parallelize
+from lmforge.utils.device import resolve_device
 from lmforge.utils.io import atomic_write_json
-
-Objective = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""(model, batch) -> (mean loss to minimise, named metrics as 0-d device tensors, e.g. accuracies)."""
-
-
-def batch_weight(batch: Any) -> int:
-    """How much a batch counts in a validation mean: its target tokens for causal LM, its rows otherwise."""
-    if isinstance(batch, dict):
-        return int(batch["input_ids"].size(0))
-    return int(batch[1].numel())
 
 
 @dataclass
@@ -56,13 +45,19 @@ class TrainResult:
     tokens: int
     train_loss: float | None
     val_loss: float | None  # of the weights in <run>/model.safetensors
-    val_ppl: float | None
     best_step: int | None
     stopped_early: bool
     elapsed_s: float
-    val_metrics: dict[str, float] | None = None  # the objective's metrics at the last evaluation
+    # The objective's validation metrics at the last evaluation and the figures it derives from the
+    # loss (a causal LM's `ppl`: of val_loss, i.e. of the kept weights).
+    val_metrics: dict[str, float] | None = None
     select_metric: str = "loss"  # what chose the best weights (train.select_metric)
     best_score: float | None = None  # its value at best_step
+
+    @property
+    def val_ppl(self) -> float | None:
+        """Validation perplexity, for the objectives that define one (causal LM)."""
+        return (self.val_metrics or {}).get("ppl")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,20 +113,20 @@ class Trainer:
 
     `train_batches` is any resumable batch source: `next_batch()`, `state_dict()`,
     `load_state_dict()`, `batch_size` and `seq_len` (CausalLMBatches, MaskedLMBatches, ...), and
-    `objective` turns a batch into a loss. Validation batches come from `val_batches()` (a fresh
-    iterable of the same fixed batches each time), or for causal LM simply from `val_tokens`.
+    `objective` (an `lmforge.objectives.Objective`, or a bare loss function, taken as one that
+    weights batches by their rows) turns a batch into a loss. Validation batches come from
+    `val_batches()`, a fresh iterable of the same fixed batches each time.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        train_batches: CausalLMBatches | Any,
+        train_batches: Any,
         cfg: TrainConfig,
         run_dir: str | Path,
         *,
-        val_tokens: np.ndarray | None = None,
+        objective: Objective | Loss,
         val_batches: Callable[[], Iterable[Any]] | None = None,
-        objective: Objective = clm_loss,
         device: torch.device | None = None,
         dist: DistInfo | None = None,
         flops_per_token: float | None = None,
@@ -143,21 +138,16 @@ class Trainer:
         # An explicit device wins (torchrun passes the local rank's); otherwise train.device decides.
         self.device = device or resolve_device(cfg.device, self.dist.local_rank)
         self.model = model.to(self.device)  # the plain module: what we save and evaluate
-        self.train_batches, self.objective = train_batches, objective
-        if val_batches is None and val_tokens is not None and len(val_tokens) > 1:
-            seq_len, batch_size = train_batches.seq_len, train_batches.batch_size
-
-            def val_batches() -> Iterable[Any]:
-                return eval_windows(
-                    val_tokens, seq_len, batch_size, cfg.eval_batches,
-                    rank=self.dist.rank, world_size=self.dist.world_size,
-                )  # fmt: skip
-
+        self.train_batches = train_batches
+        self.objective = objective if isinstance(objective, Objective) else Objective("loss", objective)
         self.val_batches = val_batches
         # A task's own evaluation (dev-set predictions and metrics, "loss" among them) replaces the
         # objective's validation loss when given; train.select_metric names the figure to keep.
         self.evaluator = evaluator
-        self.select_max = _higher_is_better(cfg.select_metric)
+        self.select_metric = (
+            self.objective.select_metric if cfg.select_metric == "auto" else cfg.select_metric
+        )
+        self.select_max = _higher_is_better(self.select_metric)
         self.last_val_metrics: dict[str, float] = {}
         self.step_metrics: dict[str, torch.Tensor] = {}
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -190,8 +180,8 @@ class Trainer:
                 stacklevel=2,
             )
         ckpt.load_checkpoint(path, meta, self.model, self.optimizer, device=self.device, rank=self.dist.rank)
-        if hasattr(self.objective, "load_state_tensors"):  # e.g. an LSTM state carried across batches
-            self.objective.load_state_tensors(
+        if hasattr(self.objective.loss, "load_state_tensors"):  # e.g. an LSTM state carried across batches
+            self.objective.loss.load_state_tensors(
                 ckpt.load_objective_state(path, device=self.device, rank=self.dist.rank)
             )
         self.train_batches.load_state_dict(meta["sampler"])
@@ -216,7 +206,7 @@ class Trainer:
             self.state_root, self.step, self.model, self.optimizer, state,
             device=self.device, rank=self.dist.rank, world_size=self.dist.world_size,
             keep_last=self.cfg.keep_last, barrier=self.dist.barrier,
-            objective_state=self.objective.state_tensors() if hasattr(self.objective, "state_tensors") else None,
+            objective_state=self.objective.loss.state_tensors() if hasattr(self.objective.loss, "state_tensors") else None,
         )  # fmt: skip
         if self.dist.is_main and self.best_step is None:
             # No evaluation yet: the run's weights are the latest ones.
@@ -245,9 +235,9 @@ class Trainer:
         total: torch.Tensor | None = None  # (weight, loss * weight, metric * weight...)
         for batch in self.val_batches():
             batch = to_device(batch, self.device)
-            w = batch_weight(batch)
+            w = self.objective.batch_weight(batch)
             with autocast(self.device, self.precision):
-                loss, metrics = self.objective(self.model, batch)
+                loss, metrics = self.objective.loss(self.model, batch)
             if names is None:
                 names = sorted(metrics)
                 total = torch.zeros(2 + len(names), device=self.device, dtype=torch.float64)
@@ -266,7 +256,7 @@ class Trainer:
         if float(total[0]) <= 0:
             return None
         means = (total[1:] / total[0]).tolist()
-        self.last_val_metrics = dict(zip(names or [], means[1:]))
+        self.last_val_metrics = {**dict(zip(names or [], means[1:])), **self.objective.derived(means[0])}
         return means[0]
 
     def _after_eval(self, val: float, logger: MetricsLogger | None) -> bool:
@@ -274,11 +264,8 @@ class Trainer:
         self.last_val = val
         if logger:
             extra = {f"val_{k}": v for k, v in self.last_val_metrics.items()}
-            row = {"step": self.step, "val_loss": val}
-            if self.evaluator is None:  # perplexity means something for language modelling only
-                row["val_ppl"] = math.exp(min(val, 50))
-            logger.log({**row, **extra})
-        metric = self.cfg.select_metric
+            logger.log({"step": self.step, "val_loss": val, **extra})
+        metric = self.select_metric
         if metric == "loss":
             score = val
         elif metric in self.last_val_metrics:
@@ -320,7 +307,7 @@ class Trainer:
             )
             with sync_ctx:
                 with autocast(device, self.precision):
-                    loss, metrics = self.objective(self.step_model, batch)
+                    loss, metrics = self.objective.loss(self.step_model, batch)
                     loss = loss / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             step_loss += loss.detach()
@@ -421,8 +408,7 @@ class Trainer:
                     val = self.evaluate()
                     if val is not None:
                         extra = "".join(f"  val_{k} {v:.4f}" for k, v in self.last_val_metrics.items())
-                        ppl = f"  val_ppl {math.exp(min(val, 50)):.2f}" if self.evaluator is None else ""
-                        progress.note(f"step {self.step}: val_loss {val:.4f}{ppl}{extra}")
+                        progress.note(f"step {self.step}: val_loss {val:.4f}{extra}")
                         if self._after_eval(val, logger):
                             stopped_early = True
                             progress.note(
@@ -450,13 +436,15 @@ class Trainer:
         if main and cfg.plot and logger:
             logger.plot()
         best = self.best_val if self.best_step is not None else None
-        val = best if cfg.select_metric == "loss" else self.last_val
+        val = best if self.select_metric == "loss" else self.last_val
         val = val if val is not None and math.isfinite(val) else None
+        # The figures derived from the loss describe the reported val_loss (the kept weights').
+        metrics = {**self.last_val_metrics, **(self.objective.derived(val) if val is not None else {})}
         result = TrainResult(
             run_dir=str(self.run_dir), steps=self.step, tokens=self.step * self.tokens_per_step,
-            train_loss=last_loss, val_loss=val, val_ppl=math.exp(min(val, 50)) if val is not None else None,
-            best_step=self.best_step, stopped_early=stopped_early, elapsed_s=time.perf_counter() - t0,
-            val_metrics=dict(self.last_val_metrics) or None, select_metric=cfg.select_metric, best_score=best,
+            train_loss=last_loss, val_loss=val, best_step=self.best_step, stopped_early=stopped_early,
+            elapsed_s=time.perf_counter() - t0, val_metrics=metrics or None, select_metric=self.select_metric,
+            best_score=best,
         )  # fmt: skip
         if main:
             atomic_write_json(self.run_dir / "summary.json", result.to_dict())
