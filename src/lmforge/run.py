@@ -1,14 +1,21 @@
-"""Run directories: the artifact every command after training reads.
+"""Run directories: the one artifact every command after training reads.
 
     runs/gpt/
-      config.yaml         the full config that made the run (model, train, tokenizer, data)
+      run.json            what the folder is: {"schema_version", "kind", "lmforge_version"}
+      config.yaml         the full config that made the run (model, train, tokenizer, data, task ...)
       tokenizer.json      the tokenizer (Hugging Face `tokenizers` format)
-      model.safetensors   the weights to use: best validation loss, else the latest
+      model.safetensors   the weights to use: best validation figure, else the latest
       train_state/        checkpoints for exact resume (see lmforge.train.checkpoint)
-      metrics.jsonl  events/  plots/loss.png  summary.json
+      metrics.jsonl  events/  plots/loss.png  summary.json     (labels.json, dev_report.* for tasks)
 
-`lmforge.load(run_dir)` gives back model, tokenizer and config, ready to evaluate or generate.
-Everything is JSON/YAML/safetensors: loading a run never executes code from it.
+One writer (`write_run_config`, used by pretraining, fine-tuning and import), one reader
+(`read_run`), and one lifecycle for the commands that train (`start_training_run`). The `kind`
+says which loader rebuilds the run: "lm" (a causal language model: decoder or recurrent
+baseline), "encoder" (a masked-LM encoder, ELECTRA's and XLNet's included) and "task" (a
+fine-tuned task head); the coming kinds (seq2seq, chat, adapter, quantized) are new names here and
+a loader each. A folder written before run.json existed is read by inferring its kind from its
+config. A run written by a newer lmforge (a higher schema version) is refused with a clear error
+rather than misread. Everything is JSON/YAML/safetensors: loading a run never executes code from it.
 """
 
 from __future__ import annotations
@@ -21,10 +28,130 @@ import torch
 import yaml
 from torch import nn
 
-from lmforge.config import from_dict, load_yaml
+from lmforge.config import from_dict, load_yaml, to_dict
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
-from lmforge.utils.io import atomic_write_text
+from lmforge.utils.io import atomic_write_json, atomic_write_text, read_json
+
+SCHEMA_VERSION = 1
+RUN_KINDS = ("lm", "encoder", "task")
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema: one writer, one reader
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What `read_run` finds: the folder, its kind, the schema it was written with, its config."""
+
+    path: Path
+    kind: str
+    schema_version: int
+    config: dict[str, Any]
+
+
+def _lmforge_version() -> str:
+    from lmforge import __version__
+
+    return __version__
+
+
+def model_kind(model_config: ModelConfig) -> str:
+    """The run kind of a pretrained model: "encoder" for bidirectional encoders, "lm" otherwise."""
+    return "encoder" if model_config.arch == "encoder" else "lm"
+
+
+def write_run_config(run_dir: str | Path, kind: str, config: dict[str, Any]) -> None:
+    """Write run.json and config.yaml (each atomically): the only place a run's identity is written."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = {"schema_version": SCHEMA_VERSION, "kind": kind, "lmforge_version": _lmforge_version()}
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    atomic_write_json(run_dir / "run.json", header)
+
+
+def _legacy_kind(config: dict[str, Any]) -> str:
+    """The kind of a folder written before run.json: a task section, else the model's arch."""
+    if "task" in config:
+        return "task"
+    arch = (config.get("model") or {}).get("arch", "decoder")
+    return "encoder" if arch == "encoder" else "lm"
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    """The one reader of a run directory's identity and config; errors name the file and the fix."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LmforgeError(f"{run_dir}: no such run directory")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise LmforgeError(
+            f"{run_dir}: not a run directory (no config.yaml); give the --out folder of a training run"
+        )
+    config = load_yaml(cfg_path)
+    header_path = run_dir / "run.json"
+    if not header_path.is_file():
+        return RunInfo(run_dir, _legacy_kind(config), 0, config)
+    header = read_json(header_path)
+    version = header.get("schema_version") if isinstance(header, dict) else None
+    if not isinstance(version, int) or version < 1:
+        raise LmforgeError(f"{header_path}: no valid schema_version; the file is damaged or not from lmforge")
+    if version > SCHEMA_VERSION:
+        raise LmforgeError(
+            f"{run_dir} was written by a newer lmforge ({header.get('lmforge_version', '?')}, run schema "
+            f"{version}; this one reads up to {SCHEMA_VERSION}); upgrade lmforge to use it"
+        )
+    kind = header.get("kind")
+    if kind not in RUN_KINDS:
+        raise LmforgeError(f"{header_path}: unknown run kind {kind!r}; upgrade lmforge to use this run")
+    return RunInfo(run_dir, kind, version, config)
+
+
+def saved_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config a run was started with, for --resume."""
+    if not (Path(run_dir) / "config.yaml").is_file():
+        raise LmforgeError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start a new run")
+    return read_run(run_dir).config
+
+
+# ----------------------------------------------------------------------------------------------
+# The lifecycle of a run being trained
+
+
+def start_training_run(run_dir: Path, *, resume: bool, is_main: bool, barrier: Any) -> None:
+    """Check that `run_dir` can be started (or resumed) and create it: every training command's first step.
+
+    A folder that already holds a run is only continued with --resume; --resume needs a run to
+    continue. Only the main process creates the folder; the others wait for it at `barrier`.
+    """
+    has_state = (run_dir / "train_state").is_dir()
+    if resume and not has_state:
+        raise LmforgeError(f"{run_dir}: no train_state/ to resume from; drop --resume to start a new run")
+    if not resume and has_state:
+        raise LmforgeError(
+            f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
+        )
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+
+
+def check_unchanged_model(run_dir: Path, model_config: ModelConfig) -> None:
+    """On resume, the model must be the one the run was started with."""
+    saved = to_dict(model_config_of(run_dir)[0])
+    changed = [k for k, v in to_dict(model_config).items() if saved.get(k) != v]
+    if changed:
+        raise LmforgeError(
+            f"--model.{changed[0]} differs from the run being resumed ({run_dir}/config.yaml); "
+            "a run's model cannot change on resume: start a new --out instead"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Language-model runs (kinds "lm" and "encoder")
 
 
 @dataclass
@@ -37,6 +164,7 @@ class LM:
     model_config: ModelConfig
     run_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    kind: str = "lm"
 
     def generate(self, prompt: str, **options: Any) -> str:
         """Completion of `prompt` (see lmforge.infer.generate.GenerationConfig for options)."""
@@ -46,14 +174,12 @@ class LM:
 
 
 def model_config_of(run_dir: Path) -> tuple[ModelConfig, dict[str, Any]]:
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise LmforgeError(
-            f"{run_dir}: not a run directory (no config.yaml); give the --out folder of a training run"
-        )
-    data = load_yaml(cfg_path)
+    """The model config of a run (its `model` section) and the whole config."""
+    data = read_run(run_dir).config
     if "model" not in data:
-        raise LmforgeError(f"{cfg_path}: no 'model' section; the file is damaged or not from lmforge")
+        raise LmforgeError(
+            f"{run_dir / 'config.yaml'}: no 'model' section; the file is damaged or not from lmforge"
+        )
     return from_dict(ModelConfig, data["model"], prefix="model."), data
 
 
@@ -65,30 +191,34 @@ def check_vocab(model_cfg: ModelConfig, tokenizer: Any, where: str) -> None:
         )
 
 
-def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: str | None = None) -> LM:
-    """Load a run directory (or any folder with config.yaml + tokenizer.json + model.safetensors)."""
+def build_run_model(model_cfg: ModelConfig, config: dict[str, Any]) -> nn.Module:
+    """The module a pretraining run trained: `build_model`, or ELECTRA's generator + discriminator."""
     from lmforge.models import build_model
+
+    if config.get("objective") == "electra":  # `.discriminator` is the encoder
+        from lmforge.models.electra import ElectraModel
+
+        return ElectraModel.from_run_config(model_cfg, config.get("electra"))
+    return build_model(model_cfg)
+
+
+def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: str | None = None) -> LM:
+    """Load a language-model run (or any folder with config.yaml + tokenizer.json + model.safetensors)."""
     from lmforge.models.weights import load_weights
     from lmforge.tokenizer import Tokenizer
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise LmforgeError(f"{run_dir}: no such run directory")
-    model_cfg, data = model_config_of(run_dir)
-    if "task" in data:  # a fine-tuned task run: a task head, not a language model
-        task = data["task"].get("task", "task")
+    info = read_run(run_dir)
+    run_dir = info.path
+    if info.kind == "task":
+        task = info.config["task"].get("task", "task")
         raise LmforgeError(
             f"{run_dir} is a fine-tuned {task} run, not a language model; use lmforge predict / "
             "lmforge evaluate with it (in Python: lmforge.load gives its TaskRun)"
         )
+    model_cfg, data = model_config_of(run_dir)
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     check_vocab(model_cfg, tokenizer, str(run_dir / "tokenizer.json"))
-    if data.get("objective") == "electra":  # generator + discriminator; `.discriminator` is the encoder
-        from lmforge.models.electra import ElectraModel
-
-        model = ElectraModel.from_run_config(model_cfg, data.get("electra"))
-    else:
-        model = build_model(model_cfg)
+    model = build_run_model(model_cfg, data)
     weights_path = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights_path.is_file():
         raise LmforgeError(
@@ -97,7 +227,7 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
     load_weights(model, weights_path)
     dev = torch.device(device)
     model.to(dev).eval()
-    return LM(model, tokenizer, data, model_cfg, run_dir, dev)
+    return LM(model, tokenizer, data, model_cfg, run_dir, dev, info.kind)
 
 
 def write_run(
@@ -108,15 +238,30 @@ def write_run(
     tokenizer: Any,
     config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a self-contained run directory (used by import and by training)."""
-    from lmforge.config import to_dict
+    """Write a self-contained language-model run directory (config, tokenizer, weights), as import does."""
     from lmforge.models.weights import save_weights
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = dict(config or {})
-    data["model"] = to_dict(model_config)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    write_run_config(run_dir, model_kind(model_config), {**(config or {}), "model": to_dict(model_config)})
     tokenizer.save(run_dir / "tokenizer.json")
     save_weights(model, run_dir / "model.safetensors")
     return run_dir
+
+
+__all__ = [
+    "LM",
+    "RUN_KINDS",
+    "SCHEMA_VERSION",
+    "RunInfo",
+    "build_run_model",
+    "check_unchanged_model",
+    "check_vocab",
+    "load",
+    "model_config_of",
+    "model_kind",
+    "read_run",
+    "saved_config",
+    "start_training_run",
+    "write_run",
+    "write_run_config",
+]

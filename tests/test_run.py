@@ -1,0 +1,112 @@
+"""The run directory schema: one writer, one reader, the kind, the schema version, the lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lmforge
+from lmforge.errors import LmforgeError
+from lmforge.models import build_model
+from lmforge.models.config import ModelConfig
+from lmforge.run import (
+    SCHEMA_VERSION,
+    load,
+    read_run,
+    saved_config,
+    start_training_run,
+    write_run,
+    write_run_config,
+)
+from lmforge.tokenizer import train_tokenizer
+
+TINY = {
+    "model.n_layer": 1, "model.n_head": 2, "model.d_model": 32, "model.max_len": 32, "tokenizer.vocab_size": 300,
+    "train.batch_size": 4, "train.max_steps": 4, "train.eval_every": 2, "train.eval_batches": 1,
+    "train.save_every": 2, "train.warmup_steps": 1, "train.progress": False, "train.tensorboard": False,
+    "train.plot": False, "train.device": "cpu", "train.threads": 1,
+}  # fmt: skip
+
+
+@pytest.fixture
+def lm_run(tmp_path, tiny_corpus):
+    tok = train_tokenizer(str(tiny_corpus), kind="bpe", vocab_size=300)
+    cfg = ModelConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, max_len=32)
+    torch.manual_seed(0)
+    return write_run(tmp_path / "run", model=build_model(cfg), model_config=cfg, tokenizer=tok)
+
+
+def test_a_written_run_says_what_it_is(lm_run):
+    header = json.loads((lm_run / "run.json").read_text())
+    assert header["schema_version"] == SCHEMA_VERSION and header["kind"] == "lm"
+    assert header["lmforge_version"] == lmforge.__version__
+    info = read_run(lm_run)
+    assert (info.kind, info.schema_version) == ("lm", SCHEMA_VERSION) and "model" in info.config
+    assert load(lm_run).kind == "lm"
+
+
+def test_a_folder_from_before_the_schema_is_read_by_inferring_its_kind(lm_run):
+    (lm_run / "run.json").unlink()
+    info = read_run(lm_run)
+    assert (info.kind, info.schema_version) == ("lm", 0)
+    lm = lmforge.load(lm_run)
+    assert lm.model_config.vocab_size == 320
+
+
+def test_a_run_from_a_newer_lmforge_is_refused_with_the_fix(lm_run):
+    (lm_run / "run.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "kind": "lm"}))
+    with pytest.raises(LmforgeError, match=r"newer lmforge.*upgrade lmforge"):
+        lmforge.load(lm_run)
+
+
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        ({"schema_version": "one", "kind": "lm"}, "schema_version"),
+        ({"schema_version": 1, "kind": "x"}, "kind"),
+    ],
+)
+def test_a_damaged_header_names_the_file(lm_run, header, match):
+    (lm_run / "run.json").write_text(json.dumps(header))
+    with pytest.raises(LmforgeError, match=rf"run\.json.*{match}"):
+        read_run(lm_run)
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(LmforgeError, match="no such run directory"):
+        read_run(tmp_path / "missing")
+    with pytest.raises(LmforgeError, match="not a run directory"):
+        read_run(tmp_path)
+    with pytest.raises(LmforgeError, match="nothing to resume"):
+        saved_config(tmp_path)
+
+
+def test_the_writer_refuses_an_unknown_kind(tmp_path):
+    with pytest.raises(ValueError, match="unknown run kind"):
+        write_run_config(tmp_path, "spaceship", {})
+
+
+def test_the_lifecycle_refuses_to_overwrite_or_to_resume_nothing(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(LmforgeError, match="no train_state/ to resume from"):
+        start_training_run(run, resume=True, is_main=True, barrier=lambda: None)
+    start_training_run(run, resume=False, is_main=True, barrier=lambda: None)
+    assert run.is_dir()
+    (run / "train_state").mkdir()
+    with pytest.raises(LmforgeError, match="already holds a run; add --resume"):
+        start_training_run(run, resume=False, is_main=True, barrier=lambda: None)
+    start_training_run(run, resume=True, is_main=True, barrier=lambda: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective, kind", [("clm", "lm"), ("mlm", "encoder")])
+def test_pretraining_writes_the_kind_its_objective_trains(tmp_path, tiny_corpus, objective, kind):
+    run = tmp_path / objective
+    lmforge.pretrain(data=str(tiny_corpus), out=str(run), objective=objective, **TINY)
+    assert read_run(run).kind == kind
+    assert lmforge.load(run).kind == kind
+    # The saved config is itself a valid config: resuming reads it back through the one reader.
+    result = lmforge.pretrain(out=str(run), resume=True, **{"train.max_steps": 6, "train.progress": False})
+    assert result.steps == 6
