@@ -35,13 +35,16 @@ import time
 import numpy as np
 import torch
 
+from lmforge.finetuning import task_objective
 from lmforge.models import build_model
+from lmforge.models.backbone import Backbone
 from lmforge.models.config import ModelConfig
-from lmforge.tasks.backbone import Backbone, specials_of
+from lmforge.models.heads import SequenceClassifier
 from lmforge.tasks.batches import TaskBatches
 from lmforge.tasks.features import encode_classification
-from lmforge.tasks.heads import SequenceClassifier, task_objective
+from lmforge.tasks.framing import specials_of
 from lmforge.tasks.readers import ClassificationExample, LabelMap, read_classification
+from lmforge.tasks.registry import task_spec
 from lmforge.tokenizer import Tokenizer, TokenizerConfig
 from lmforge.train.config import TrainConfig
 from lmforge.train.flops import measured_matmul_flops
@@ -128,7 +131,7 @@ def ours(a: argparse.Namespace, batches: list[dict], compile: bool) -> Trainer:
     )  # fmt: skip
     model = SequenceClassifier(Backbone(build_model(cfg).train()), 2, pooling="cls", head_dropout=a.dropout)
     return Trainer(model, Cycle(batches, a.batch, a.max_len), train_config(a, compile), "/nonexistent-run",
-                   objective=task_objective, device=torch.device("cpu"))  # fmt: skip
+                   objective=task_objective("classify", task_spec("classify"), "loss"), device=torch.device("cpu"))  # fmt: skip
 
 
 class HFStep:

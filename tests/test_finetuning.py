@@ -20,9 +20,9 @@ from lmforge.finetuning import (
     compute_class_weights,
     finetune,
     layer_lr_scale,
+    load_backbone,
     load_task,
 )
-from lmforge.tasks.backbone import load_backbone
 
 POS = ["good", "great", "fine", "excellent", "lovely", "nice", "superb"]
 NEG = ["bad", "awful", "poor", "terrible", "ugly", "nasty", "boring"]
@@ -141,6 +141,12 @@ def test_predict_and_evaluate_agree_with_the_written_predictions(bert, data, tmp
     texts.write_text("the movie was great\nawful acting\n", encoding="utf-8")
     res = lmforge.predict(tmp_path / "sst", texts, tmp_path / "p2.jsonl")
     assert "metrics" not in res and len(res["predictions"]) == 2
+    # Unlabelled input in the training format: a header with the text column only.
+    bare = tmp_path / "new.tsv"
+    bare.write_text("sentence\nthe movie was great\nawful acting\n", encoding="utf-8")
+    res = lmforge.predict(tmp_path / "sst", bare, tmp_path / "p3.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "p3.jsonl").read_text().splitlines()]
+    assert "metrics" not in res and len(rows) == 2 and set(rows[0]) == {"text", "label", "probs"}
 
 
 @pytest.mark.parametrize("crf", [False, True])
@@ -237,11 +243,11 @@ class Killed(Exception):
 def test_a_killed_run_resumes_to_the_same_weights(bert, data, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from lmforge.tasks.heads import SequenceClassifier
+    from lmforge.models.heads import SequenceClassifier
 
     common = {"train.max_steps": 12, "train.save_every": 6, "train.eval_every": 6, "train.lr": 1e-3}
     _classify(bert, data, tmp_path / "a", **common)
-    original, calls = SequenceClassifier.loss, {"n": 0}
+    original, calls = SequenceClassifier.forward, {"n": 0}
 
     def dies_in_step_9(self, batch):
         if self.training:
@@ -250,10 +256,10 @@ def test_a_killed_run_resumes_to_the_same_weights(bert, data, tmp_path, monkeypa
                 raise Killed
         return original(self, batch)
 
-    monkeypatch.setattr(SequenceClassifier, "loss", dies_in_step_9)
+    monkeypatch.setattr(SequenceClassifier, "forward", dies_in_step_9)
     with pytest.raises(Killed):
         _classify(bert, data, tmp_path / "b", **common)
-    monkeypatch.setattr(SequenceClassifier, "loss", original)
+    monkeypatch.setattr(SequenceClassifier, "forward", original)
     finetune(out=str(tmp_path / "b"), resume=True)  # everything else comes from the run's config
     last = "train_state/step_00000012/model.safetensors"
     a, b = load_file(tmp_path / "a" / last), load_file(tmp_path / "b" / last)
@@ -263,6 +269,20 @@ def test_a_killed_run_resumes_to_the_same_weights(bert, data, tmp_path, monkeypa
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
         tmp_path / "b" / "model.safetensors"
     ).read_bytes()
+
+
+def test_a_task_registered_under_a_new_name_trains_predicts_and_loads(bert, data, tmp_path, monkeypatch):
+    from lmforge.tasks import registry
+    from lmforge.tasks.classify import ClassifyTask
+
+    monkeypatch.setitem(registry.TASKS, "sentiment", ClassifyTask())
+    run = tmp_path / "sentiment"
+    result = finetune(task="sentiment", model=str(bert), train_file=str(data["train"]), dev_file=str(data["dev"]),
+                      out=str(run), **{"train.max_steps": 2, **QUIET})  # fmt: skip
+    assert result.select_metric == "accuracy"
+    task = load_task(run)
+    assert task.config.task == "sentiment"
+    assert len(lmforge.predict(task, data["dev"])["predictions"]) == 80
 
 
 def test_freezing_and_layer_decay(bert):

@@ -1,12 +1,14 @@
-"""`lmforge finetune classify|ner|qa`: a pretrained run (or HF directory) + a labelled task -> a task run.
+"""`lmforge finetune <task>`: a pretrained run (or HF directory) + a labelled task -> a task run.
 
-The steps are the library's pieces in order: read the task files (lmforge.tasks.readers), build
-the label map from the training file, tokenise (lmforge.tasks.features / qa), put a head on the
-backbone (lmforge.tasks.heads), and train with the same Trainer as pretraining, evaluating on the
-dev file with the task's own metric and keeping the best checkpoint by it.
+The workflow is the same for every task: read the task files, build the label map from the
+training file, turn the examples into features, put the task's head on the backbone, and train
+with the same Trainer as pretraining, evaluating on the dev file with the task's own metric and
+keeping the best checkpoint by it. What differs between tasks (formats, features, head, metrics,
+prediction files) is the task's `TaskSpec`, looked up by name in `lmforge.tasks.registry.TASKS`.
 
 A task run directory:
 
+    run.json           kind "task" (see lmforge.run)
     config.yaml        task: the fine-tuning config; model: the backbone architecture; train: ...
     tokenizer.json  labels.json  model.safetensors (best dev metric)  train_state/  metrics.jsonl
     dev_report.json  dev_report.txt     the dev metrics of the kept weights (per label / entity type)
@@ -14,9 +16,7 @@ A task run directory:
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,22 +33,23 @@ from lmforge.config import (
     from_dict,
     load_yaml,
     nest_overrides,
-    saved_run_config,
     to_dict,
 )
 from lmforge.errors import LmforgeError
+from lmforge.models.backbone import Backbone
+from lmforge.models.config import ModelConfig
+from lmforge.models.weights import unwrap
+from lmforge.objectives.base import Objective
+from lmforge.tasks.framing import Specials, specials_of
+from lmforge.tasks.readers import LabelMap
+from lmforge.tasks.registry import task_spec
+from lmforge.tasks.spec import TaskData, TaskSpec
 from lmforge.train.config import TrainConfig
-
-Task = Literal["classify", "ner", "qa"]
-DEFAULT_METRIC = {"classify": "accuracy", "ner": "f1", "qa": "f1"}
-TEXT_NAMES = ("sentence", "text", "text_a", "sentence1", "question1", "premise", "review", "content")
-PAIR_NAMES = ("sentence2", "text_b", "question2", "hypothesis")
-LABEL_NAMES = ("label", "labels", "class", "category", "sentiment")
 
 
 @dataclass
 class FinetuneConfig:
-    task: Task = "classify"
+    task: str = "classify"  # a key of lmforge.tasks.registry.TASKS: classify | ner | qa
     model: str = ""  # the pretrained run directory (encoder or decoder) or a Hugging Face model directory
     train_file: str = ""  # labelled training data (TSV/CSV/JSONL, CoNLL, SQuAD JSON); --train on the CLI
     dev_file: str | None = None  # labelled dev data: the metric that picks the best checkpoint; --dev
@@ -107,139 +108,69 @@ def build_config(
     """defaults < saved task config (resume) < YAML/dict < overrides; also the train.* keys set explicitly."""
     data: dict[str, Any] = {}
     if resume_from is not None:
-        saved = saved_run_config(resume_from)
+        from lmforge.run import saved_config
+
+        saved = saved_config(resume_from)
         data = {**saved["task"], "train": saved.get("train", {})}
     data = deep_merge(deep_merge(data, config_source(config)), overrides)
     explicit = set((data.get("train") or {}).keys())  # the rest follow from epochs / the dev file
-    return from_dict(FinetuneConfig, data), explicit
+    cfg = from_dict(FinetuneConfig, data)
+    task_spec(cfg.task)  # an unknown task is a config error, as a bad value of any other key
+    return cfg, explicit
 
 
-# ------------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------------- backbone
 
 
-def _header(path: Path) -> list[str]:
-    if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-        try:
-            row = json.loads(first)
-        except json.JSONDecodeError:
-            return []
-        return list(row) if isinstance(row, dict) else []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline().rstrip("\r\n")
-    return first.split("\t" if path.suffix.lower() != ".csv" else ",")
+def load_backbone(source: str | Path, *, from_scratch: bool = False) -> tuple[Backbone, Any, dict[str, Any]]:
+    """(backbone, tokenizer, the source's config dict) from a run directory or a Hugging Face directory.
 
+    `from_scratch` keeps the architecture and tokenizer but not the weights: the baseline that
+    shows what pretraining is worth.
+    """
+    from lmforge.models import build_model
 
-def resolve_columns(cfg: FinetuneConfig, path: Path) -> dict[str, Any]:
-    """Column choices for a classification file: explicit ones, or found by their usual names."""
-    header = [h.strip() for h in _header(path)]
-    found = lambda names: next((h for h in header if h.lower() in names), None)  # noqa: E731
-    text = cfg.text_column
-    label = cfg.label_column
-    pair = cfg.text_pair_column
-    if text == "auto":
-        text = found(TEXT_NAMES) or "0"
-    if label == "auto":
-        label = found(LABEL_NAMES) or "1"
-    if pair is None and cfg.text_column == "auto":
-        pair = found(PAIR_NAMES)
-    cols = {"text_column": text, "label_column": label, "text_pair_column": pair}
-    return {k: (int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v) for k, v in cols.items()}
-
-
-@dataclass
-class TaskData:
-    """Examples and features of one file."""
-
-    path: Path
-    examples: list[Any]
-    features: list[dict[str, np.ndarray]]
-    qa: Any = None  # QAFeatures (QA only)
-    notes: list[str] = field(default_factory=list)
-
-
-def read_examples(cfg: FinetuneConfig, path: str | Path) -> list[Any]:
-    from lmforge.tasks import readers
-
-    path = Path(path)
-    if cfg.task == "classify":
-        return readers.read_classification(path, **resolve_columns(cfg, path))
-    if cfg.task == "ner":
-        return readers.read_conll(
-            path, token_column=cfg.token_column, tag_column=cfg.tag_column, scheme=cfg.scheme
+    src = Path(source)
+    if not src.is_dir():
+        raise LmforgeError(
+            f"{src}: no such directory; give a run directory (lmforge pretrain --out) or a HF model dir"
         )
-    return readers.read_squad(path)
+    if (src / "config.yaml").is_file():
+        from lmforge.run import load, read_run
 
+        info = read_run(src)
+        if info.kind == "task":
+            raise LmforgeError(
+                f"{src} is a fine-tuned task run; fine-tune from the pretrained run it started from "
+                f"({info.config['task'].get('model')})"
+            )
+        lm = load(src)
+        model, tokenizer, config = lm.model, lm.tokenizer, lm.config
+        if hasattr(model, "discriminator"):  # ELECTRA: the discriminator is the encoder to fine-tune
+            model = model.discriminator
+    elif (src / "config.json").is_file():
+        from lmforge.interop.hf import import_hf
 
-def featurize(
-    cfg: FinetuneConfig, path: str | Path, examples: list[Any], tokenizer: Any, specials: Any, labels: Any,
-    max_len: int, *, with_labels: bool = True,
-) -> TaskData:  # fmt: skip
-    from lmforge.tasks import features as F
-
-    path = Path(path)
-    if cfg.task == "classify":
-        enc = F.encode_classification(examples, tokenizer, specials, labels if with_labels else None, max_len,
-                                      source=str(path))  # fmt: skip
-        notes = (
-            [f"{path}: {enc.truncated} of {len(examples)} examples cut to {max_len} tokens"]
-            if enc.truncated
-            else []
+        model, tokenizer = import_hf(src)
+        config = {"imported_from": str(src)}
+    else:
+        raise LmforgeError(
+            f"{src}: neither a run directory (config.yaml) nor a Hugging Face model directory (config.json)"
         )
-        return TaskData(path, examples, enc.features, notes=notes)
-    if cfg.task == "ner":
-        enc = F.encode_tokens(examples, tokenizer, specials, labels if with_labels else None, max_len,
-                              label_all_pieces=cfg.label_all_pieces, source=str(path))  # fmt: skip
-        notes = (
-            [f"{path}: {enc.split} sentences longer than {max_len} tokens split into windows"]
-            if enc.split
-            else []
-        )
-        return TaskData(path, examples, enc.features, notes=notes)
-    from lmforge.tasks.qa import build_qa_features
-
-    qa = build_qa_features(
-        examples, tokenizer, max_len=max_len, doc_stride=cfg.doc_stride, max_query_len=cfg.max_query_len,
-        with_labels=with_labels,
-    )  # fmt: skip
-    feats = []
-    lengths = qa.attention_mask.sum(1)
-    for i in range(len(qa.input_ids)):
-        n = int(lengths[i])
-        f = {
-            "input_ids": qa.input_ids[i, :n].astype(np.int64),
-            "token_type_ids": qa.token_type_ids[i, :n].astype(np.int64),
-        }
-        if with_labels:
-            f["start_positions"] = np.asarray(qa.start_positions[i], np.int64)
-            f["end_positions"] = np.asarray(qa.end_positions[i], np.int64)
-        feats.append(f)
-    notes = []
-    unmapped = qa.unmapped_answers
-    if unmapped:
-        notes.append(
-            f"{path}: {unmapped} answers could not be mapped to tokens (trained as 'no answer here')"
-        )
-    return TaskData(path, examples, feats, qa=qa, notes=notes)
+    if from_scratch:
+        torch.manual_seed(0)
+        model = build_model(model.config)
+    return Backbone(model.train()), tokenizer, config
 
 
 # ------------------------------------------------------------------------------------------- model
 
 
 def build_task_model(
-    cfg: FinetuneConfig, backbone: Any, labels: Any, class_weights: torch.Tensor | None
+    cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None
 ) -> nn.Module:
-    from lmforge.tasks.heads import SequenceClassifier, SpanExtractor, TokenClassifier
-
-    if cfg.task == "classify":
-        pooling = cfg.pooling if cfg.pooling != "auto" else ("cls" if backbone.arch == "encoder" else "last")
-        return SequenceClassifier(backbone, len(labels), pooling=pooling, head_dropout=cfg.head_dropout,
-                                  class_weights=class_weights)  # fmt: skip
-    if cfg.task == "ner":
-        return TokenClassifier(backbone, labels.names, crf=cfg.crf, head_dropout=cfg.head_dropout,
-                               class_weights=class_weights)  # fmt: skip
-    return SpanExtractor(backbone, head_dropout=cfg.head_dropout)
+    """The backbone under the head of `cfg.task`."""
+    return task_spec(cfg.task).build_head(cfg, backbone, labels, class_weights)
 
 
 def apply_freezing(model: nn.Module, spec: str) -> int:
@@ -283,6 +214,8 @@ def layer_lr_scale(model: nn.Module, decay: float) -> Callable[[str], float] | N
 def compute_class_weights(
     spec: str, train_features: list[dict], n_labels: int, key: str
 ) -> torch.Tensor | None:
+    """Per-label loss weights from `class_weights` (none, balanced, or explicit in label order), the
+    counts read from each training feature's `key` (the task's class_weight_key)."""
     spec = spec.strip().lower()
     if spec in ("none", ""):
         return None
@@ -304,11 +237,22 @@ def compute_class_weights(
 # ------------------------------------------------------------------------------------------- evaluation
 
 
+def task_objective(name: str, spec: TaskSpec, select_metric: str) -> Objective:
+    """The trainer's objective of a task: the head's outputs through the task's loss, and the dev
+    figure that keeps the best checkpoint (unless train.select_metric names another)."""
+
+    def loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return spec.loss(unwrap(model), model(batch), batch)  # through forward: DDP and compile see it
+
+    return Objective(name, loss, select_metric=select_metric)
+
+
 @torch.no_grad()
 def run_predictions(
-    model: nn.Module, data: TaskData, batch_size: int, pad_id: int, device: torch.device
+    model: nn.Module, data: TaskData, batch_size: int, pad_id: int, device: torch.device, spec: TaskSpec
 ) -> dict:
-    """Raw outputs over a file's features in order: class ids and probabilities, word tags, or span logits."""
+    """Decoded outputs over a file's features in order (class ids and probabilities, word tags, or
+    span logits), and the mean loss where the features carry labels (from the same forward pass)."""
     from lmforge.tasks.batches import eval_batches
     from lmforge.train.trainer import to_device
 
@@ -318,11 +262,11 @@ def run_predictions(
     loss_sum, loss_n = 0.0, 0
     for batch in eval_batches(data.features, batch_size, pad_id):
         batch = to_device(batch, device)
-        pred = model.predict(batch)
-        loss = pred.pop("loss", None)  # present when the batch has labels
-        if loss is not None:
+        outputs = model(batch)
+        if spec.label_key in batch:
             n = batch["input_ids"].size(0)
-            loss_sum, loss_n = loss_sum + float(loss) * n, loss_n + n
+            loss_sum, loss_n = loss_sum + float(spec.loss(model, outputs, batch)[0]) * n, loss_n + n
+        pred = model.decode(outputs, batch)
         for k, v in pred.items():
             out.setdefault(k, []).append(
                 v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
@@ -339,45 +283,12 @@ def run_predictions(
     return result
 
 
-def word_tags(cfg: FinetuneConfig, data: TaskData, pred: np.ndarray, labels: Any) -> list[list[str]]:
-    """Per-sentence predicted tags, windows of split sentences joined back in order."""
-    tags: list[list[str]] = [[] for _ in data.examples]
-    for f, row in zip(data.features, pred):
-        n = len(f["word_pos"])
-        tags[int(f["sentence"])].extend(labels.name(int(t)) if t >= 0 else "O" for t in row[:n])
-    return tags
-
-
-def score(cfg: FinetuneConfig, data: TaskData, outputs: dict, labels: Any) -> dict[str, Any]:
-    """The task's metrics on a labelled file, plus what the prediction writers need."""
-    from lmforge.tasks import metrics
-
-    if cfg.task == "classify":
-        pred = [labels.name(int(i)) for i in outputs["pred"]]
-        m = metrics.classification_metrics([e.label for e in data.examples], pred, labels.names)
-        result = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-        details = {"report": m["report"], "report_text": m["report_text"], "predictions": pred}
-    elif cfg.task == "ner":
-        pred_tags = word_tags(cfg, data, outputs["pred"], labels)
-        m = metrics.ner_metrics([e.tags for e in data.examples], pred_tags)
-        result = {"precision": m["precision"], "recall": m["recall"], "f1": m["f1"]}
-        details = {"per_type": m["per_type"], "report_text": m["report_text"], "predictions": pred_tags}
-    else:
-        preds = decode_qa(cfg, data, outputs)
-        m = metrics.squad_metrics(preds.answers, data.examples)
-        result = {"exact_match": m["exact_match"], "f1": m["f1"]}
-        details = {"count": m["count"], "missing": m["missing"], "predictions": preds.answers, "nbest": preds.nbest,
-                   "report_text": f"exact_match {m['exact_match']:.2f}  f1 {m['f1']:.2f}  ({m['count']} questions)\n"}  # fmt: skip
+def score(cfg: FinetuneConfig, data: TaskData, outputs: dict, labels: LabelMap) -> dict[str, Any]:
+    """The task's metrics on a labelled file (with the dev loss), plus what the reports keep."""
+    result = task_spec(cfg.task).score(cfg, data, outputs, labels)
     if outputs.get("loss") is not None:
-        result["loss"] = outputs["loss"]
-    return {"metrics": result, **details}
-
-
-def decode_qa(cfg: FinetuneConfig, data: TaskData, outputs: dict) -> Any:
-    from lmforge.tasks.qa import decode_spans
-
-    return decode_spans(outputs["start_logits"], outputs["end_logits"], data.qa, data.examples,
-                        n_best=cfg.n_best, max_answer_len=cfg.max_answer_len)  # fmt: skip
+        result["metrics"]["loss"] = outputs["loss"]
+    return result
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -404,117 +315,52 @@ def finetune(
 
 
 def run_finetuning(cfg: FinetuneConfig, *, explicit_train: set[str] = frozenset(), resume: bool = False):
-    import yaml
-
-    from lmforge.tasks.backbone import load_backbone, specials_of
+    """Train `cfg`'s task run: data, schedule, model, run directory, then the Trainer."""
+    from lmforge.run import start_training_run
     from lmforge.tasks.batches import TaskBatches
-    from lmforge.tasks.heads import task_objective
-    from lmforge.tasks.readers import LabelMap
     from lmforge.train.parallel import setup_distributed, teardown_distributed
     from lmforge.train.trainer import Trainer
-    from lmforge.utils.io import atomic_write_text
 
-    if not cfg.model:
-        raise LmforgeError(
-            "--model is required: the pretrained run directory (or HF model directory) to start from"
-        )
-    if not cfg.train_file:
-        raise LmforgeError("--train is required: the labelled training file")
+    spec = task_spec(cfg.task)
+    _check_request(cfg)
     run_dir = Path(cfg.out)
-    if resume and not (run_dir / "train_state").is_dir():
-        raise LmforgeError(f"{run_dir}: no train_state/ to resume from; drop --resume to start a new run")
-    if not resume and (run_dir / "train_state").is_dir():
-        raise LmforgeError(
-            f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
-        )
     tcfg = cfg.train
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
     info, device = setup_distributed(tcfg.device)
     try:
+        start_training_run(run_dir, resume=resume, is_main=info.is_main, barrier=info.barrier)
         torch.manual_seed(tcfg.seed)
         backbone, tokenizer, _ = load_backbone(cfg.model, from_scratch=cfg.from_scratch)
         specials = specials_of(tokenizer, backbone.arch)
         max_len = cfg.max_len or backbone.config.max_len
         if max_len > backbone.config.max_len:
             raise LmforgeError(f"max_len={max_len} exceeds the backbone's max_len={backbone.config.max_len}")
-        train_examples = read_examples(cfg, cfg.train_file)
-        if not train_examples:
-            raise LmforgeError(f"{cfg.train_file}: no training examples")
-        if resume:
-            labels = LabelMap.load(run_dir / "labels.json")
-        elif cfg.task == "classify":
-            labels = LabelMap.from_examples(train_examples)
-        elif cfg.task == "ner":
-            labels = LabelMap.from_labels({t for e in train_examples for t in e.tags} | {"O"})
-        else:
-            labels = LabelMap(["span"])
-        train = featurize(cfg, cfg.train_file, train_examples, tokenizer, specials, labels, max_len)
-        dev = None
-        if cfg.dev_file:
-            dev = featurize(
-                cfg, cfg.dev_file, read_examples(cfg, cfg.dev_file), tokenizer, specials, labels, max_len
-            )
-        for note in train.notes + (dev.notes if dev else []):
-            print(f"note: {note}", file=sys.stderr, flush=True)
-
-        # Steps, warmup and evaluation cadence from epochs unless given.
+        train, dev, labels = _training_data(spec, cfg, run_dir, tokenizer, specials, max_len, resume=resume)
         batches = TaskBatches(
             train.features, tcfg.batch_size, specials.pad, seed=tcfg.seed, group_by_length=cfg.group_by_length
         )
         per_epoch = math.ceil(batches.steps_per_epoch / tcfg.grad_accum)
-        changes: dict[str, Any] = {}
-        if "max_steps" not in explicit_train:
-            changes["max_steps"] = max(1, math.ceil(cfg.epochs * per_epoch))
-        steps = changes.get("max_steps", tcfg.max_steps)
-        if "warmup_steps" not in explicit_train:
-            changes["warmup_steps"] = int(cfg.warmup_ratio * steps)
-        if "eval_every" not in explicit_train:
-            changes["eval_every"] = min(per_epoch, steps)
-        if "save_every" not in explicit_train:
-            changes["save_every"] = changes.get("eval_every", tcfg.eval_every) or steps
-        if "select_metric" not in explicit_train:
-            changes["select_metric"] = DEFAULT_METRIC[cfg.task] if dev else "loss"
-        if changes:
-            tcfg = cfg.train = from_dict(TrainConfig, {**to_dict(tcfg), **changes})
-
-        key = {"classify": "label", "ner": "word_labels" if cfg.crf else "piece_labels"}.get(cfg.task)
+        tcfg = cfg.train = _schedule(tcfg, cfg, per_epoch, explicit_train)
+        objective = task_objective(cfg.task, spec, spec.default_metric if dev else "loss")
+        key = spec.class_weight_key(cfg)
         weights = compute_class_weights(cfg.class_weights, train.features, len(labels), key) if key else None
-        if weights is not None and cfg.crf:
-            raise LmforgeError("class_weights applies to the softmax head; drop it with --crf true")
         model = build_task_model(cfg, backbone, labels, weights)
         frozen = apply_freezing(model, cfg.freeze)
-
         if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            saved = {"task": {k: v for k, v in to_dict(cfg).items() if k != "train"},
-                     "model": to_dict(backbone.config), "train": to_dict(tcfg)}  # fmt: skip
-            atomic_write_text(
-                run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False, allow_unicode=True)
-            )
-            tokenizer.save(run_dir / "tokenizer.json")
-            labels.save(run_dir / "labels.json")
+            write_task_run(run_dir, cfg, backbone.config, tokenizer, labels)
         info.barrier()
-
-        evaluator = None
-        if dev is not None:
-
-            def evaluator(m: nn.Module) -> dict[str, float]:
-                res = score(
-                    cfg, dev, run_predictions(m, dev, cfg.eval_batch_size, specials.pad, device), labels
-                )
-                return res["metrics"]
-
         trainer = Trainer(
-            model, batches, tcfg, run_dir, objective=task_objective, device=device, dist=info,
-            flops_per_token=model.flops_per_token(batches.seq_len), evaluator=evaluator,
+            model, batches, tcfg, run_dir, objective=objective, device=device, dist=info,
+            flops_per_token=model.flops_per_token(batches.seq_len),
+            evaluator=_dev_evaluator(cfg, dev, labels, specials.pad, device),
             lr_scale=layer_lr_scale(model, cfg.layer_decay),
         )  # fmt: skip
         if info.is_main:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(
                 f"finetune {cfg.task}: {backbone.arch} backbone from {cfg.model}"
-                f"{' (fresh weights)' if cfg.from_scratch else ''}, {len(labels) if cfg.task != 'qa' else 'span'} labels, "
+                f"{' (fresh weights)' if cfg.from_scratch else ''}, {spec.describe_labels(labels)}, "
                 f"{len(train.features):,} training inputs, {tcfg.max_steps} steps ({per_epoch}/epoch); "
                 f"{trainable / 1e6:.2f}M trainable parameters{f', {frozen} tensors frozen' if frozen else ''}; "
                 f"device {device}",
@@ -528,14 +374,81 @@ def run_finetuning(cfg: FinetuneConfig, *, explicit_train: set[str] = frozenset(
         teardown_distributed()
 
 
+def _check_request(cfg: FinetuneConfig) -> None:
+    """A fine-tuning run needs a model to start from and a training file."""
+    if not cfg.model:
+        raise LmforgeError(
+            "--model is required: the pretrained run directory (or HF model directory) to start from"
+        )
+    if not cfg.train_file:
+        raise LmforgeError("--train is required: the labelled training file")
+
+
+def _training_data(
+    spec: TaskSpec, cfg: FinetuneConfig, run_dir: Path, tokenizer: Any, specials: Specials, max_len: int,
+    *, resume: bool,
+) -> tuple[TaskData, TaskData | None, LabelMap]:  # fmt: skip
+    """The training and dev features and the label map (a resumed run keeps its saved one)."""
+    train_path = Path(cfg.train_file)
+    train_examples = spec.read(cfg, train_path)
+    if not train_examples:
+        raise LmforgeError(f"{cfg.train_file}: no training examples")
+    labels = LabelMap.load(run_dir / "labels.json") if resume else spec.build_labels(train_examples)
+    train = spec.featurize(cfg, train_path, train_examples, tokenizer, specials, labels, max_len)
+    dev = None
+    if cfg.dev_file:
+        dev_path = Path(cfg.dev_file)
+        dev = spec.featurize(cfg, dev_path, spec.read(cfg, dev_path), tokenizer, specials, labels, max_len)
+    for note in train.notes + (dev.notes if dev else []):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return train, dev, labels
+
+
+def _schedule(
+    tcfg: TrainConfig, cfg: FinetuneConfig, per_epoch: int, explicit_train: set[str]
+) -> TrainConfig:
+    """Steps, warmup, evaluation and checkpoint cadence from epochs unless set explicitly."""
+    changes: dict[str, Any] = {}
+    if "max_steps" not in explicit_train:
+        changes["max_steps"] = max(1, math.ceil(cfg.epochs * per_epoch))
+    steps = changes.get("max_steps", tcfg.max_steps)
+    if "warmup_steps" not in explicit_train:
+        changes["warmup_steps"] = int(cfg.warmup_ratio * steps)
+    if "eval_every" not in explicit_train:
+        changes["eval_every"] = min(per_epoch, steps)
+    if "save_every" not in explicit_train:
+        changes["save_every"] = changes.get("eval_every", tcfg.eval_every) or steps
+    return from_dict(TrainConfig, {**to_dict(tcfg), **changes}) if changes else tcfg
+
+
+def _dev_evaluator(
+    cfg: FinetuneConfig, dev: TaskData | None, labels: LabelMap, pad: int, device: torch.device
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """The trainer's evaluation: the task's metrics on the dev file (none without one)."""
+    if dev is None:
+        return None
+
+    def evaluator(m: nn.Module) -> dict[str, float]:
+        return score(
+            cfg, dev, run_predictions(m, dev, cfg.eval_batch_size, pad, device, task_spec(cfg.task)), labels
+        )["metrics"]
+
+    return evaluator
+
+
 def write_dev_report(
-    run_dir: Path, cfg: FinetuneConfig, dev: TaskData, labels: Any, pad: int, device: torch.device
+    run_dir: Path, cfg: FinetuneConfig, dev: TaskData, labels: LabelMap, pad: int, device: torch.device
 ) -> None:
     """Score the kept (best) weights on dev and write dev_report.json / .txt."""
     from lmforge.utils.io import atomic_write_json, atomic_write_text
 
     task = load_task(run_dir, device=device)
-    res = score(cfg, dev, run_predictions(task.model, dev, cfg.eval_batch_size, pad, device), labels)
+    res = score(
+        cfg,
+        dev,
+        run_predictions(task.model, dev, cfg.eval_batch_size, pad, device, task_spec(cfg.task)),
+        labels,
+    )
     report = {"file": str(dev.path), **res["metrics"]}
     for k in ("report", "per_type", "count", "missing"):
         if k in res:
@@ -544,7 +457,7 @@ def write_dev_report(
     atomic_write_text(run_dir / "dev_report.txt", res["report_text"])
 
 
-# ------------------------------------------------------------------------------------------- loading
+# ------------------------------------------------------------------------------------------- the run directory
 
 
 @dataclass
@@ -560,31 +473,40 @@ class TaskRun:
 
     @property
     def pad_id(self) -> int:
-        from lmforge.tasks.backbone import specials_of
-
         return specials_of(self.tokenizer, self.model.backbone.arch).pad
 
 
+def write_task_run(
+    run_dir: Path, cfg: FinetuneConfig, model_config: ModelConfig, tokenizer: Any, labels: LabelMap
+) -> None:
+    """What `load_task` reads back: the run's config (task / model / train sections, kind "task"),
+    tokenizer.json and labels.json; the weights come from the trainer's checkpoints."""
+    from lmforge.run import write_run_config
+
+    saved = {"task": {k: v for k, v in to_dict(cfg).items() if k != "train"},
+             "model": to_dict(model_config), "train": to_dict(cfg.train)}  # fmt: skip
+    write_run_config(run_dir, "task", saved)
+    tokenizer.save(run_dir / "tokenizer.json")
+    labels.save(run_dir / "labels.json")
+
+
 def is_task_run(run_dir: str | Path) -> bool:
-    path = Path(run_dir) / "config.yaml"
-    return path.is_file() and "task" in load_yaml(path)
+    """Whether `run_dir` holds a fine-tuned task run."""
+    from lmforge.run import read_run
+
+    return (Path(run_dir) / "config.yaml").is_file() and read_run(run_dir).kind == "task"
 
 
 def load_task(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TaskRun:
     """Load a fine-tuned task run (its head and labels included), ready for predict/evaluate."""
     from lmforge.models import build_model
-    from lmforge.models.config import ModelConfig
     from lmforge.models.weights import load_weights
-    from lmforge.tasks.backbone import Backbone
-    from lmforge.tasks.readers import LabelMap
+    from lmforge.run import read_run
     from lmforge.tokenizer import Tokenizer
 
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise LmforgeError(f"{run_dir}: not a run directory (no config.yaml)")
-    data = load_yaml(cfg_path)
-    if "task" not in data:
+    info = read_run(run_dir)
+    run_dir, data = info.path, info.config
+    if info.kind != "task":
         raise LmforgeError(
             f"{run_dir} is a pretrained model, not a fine-tuned task run; fine-tune it first (lmforge finetune ...)"
         )
@@ -605,83 +527,27 @@ def load_task(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Tas
 # ------------------------------------------------------------------------------------------- predict / evaluate
 
 
-def _read_for_prediction(task: TaskRun, path: Path) -> tuple[list[Any], bool]:
-    """Examples of an input file and whether it carries gold labels.
+def _input_data(task: TaskRun, path: Path, *, need_gold: bool = False) -> tuple[TaskData, bool]:
+    """The features of a file to predict on or to evaluate, and whether it carries gold labels.
 
-    Classification accepts the training formats with or without the label column, and plain .txt
-    (one text per line); NER accepts CoNLL (gold tags optional: a single column is words only) or
-    .txt with one whitespace-tokenised sentence per line; QA takes SQuAD JSON.
+    Each task reads what its spec's `read_for_prediction` accepts: the training format with or
+    without the labels, and plain text where the task has a natural one-input-per-line form.
     """
-    from lmforge.tasks.readers import ClassificationExample
-
-    cfg = task.config
     if not path.is_file():
         raise LmforgeError(f"{path}: input file not found")
-    if cfg.task == "qa":
-        return read_examples(cfg, path), True
-    if cfg.task == "ner":
-        return _read_ner_input(cfg, path)
-    if path.suffix.lower() == ".txt":
-        lines = [
-            (i, ln.strip()) for i, ln in enumerate(path.read_text("utf-8").splitlines(), 1) if ln.strip()
-        ]
-        if not lines:
-            raise LmforgeError(f"{path}: no text to predict on")
-        return [ClassificationExample(text=t, label="", line=i) for i, t in lines], False
-    cols = resolve_columns(cfg, path)
-    header = _header(path)
-    label = cols["label_column"]
-    has_label = (isinstance(label, int) and label < len(header)) or label in header
-    if has_label:  # the first row has the label column: a labelled file (errors name file:line)
-        return read_examples(cfg, path), True
-    # No label column: read the text columns only, with an empty label.
-    from lmforge.tasks.readers import read_classification
-
-    text_col = cols["text_column"]
-    examples = read_classification(path, text_column=text_col, label_column=text_col,
-                                   text_pair_column=cols["text_pair_column"])  # fmt: skip
-    for ex in examples:
-        ex.label = ""
-    return examples, False
-
-
-_TAG = re.compile(r"^(O|[BIESLU]-\S+)$")
-
-
-def _read_ner_input(cfg: FinetuneConfig, path: Path) -> tuple[list[Any], bool]:
-    """CoNLL with tags (gold), CoNLL with words only, or plain text with one sentence per line.
-
-    Told apart by the first lines: one token per line is words-only CoNLL; a last column that is
-    always a tag (O, B-X, I-X, ...) is tagged CoNLL; anything else is running text.
-    """
-    from lmforge.tasks.readers import TokenExample
-
-    lines = path.read_text("utf-8").splitlines()
-    sample = [ln.split() for ln in lines if ln.strip() and not ln.startswith("-DOCSTART-")][:200]
-    if not sample:
-        raise LmforgeError(f"{path}: no text to predict on")
-
-    def tag_of(cols: list[str]) -> str:
-        return cols[cfg.tag_column] if -len(cols) <= cfg.tag_column < len(cols) else ""
-
-    if all(len(cols) >= 2 and _TAG.match(tag_of(cols)) for cols in sample):
-        return read_examples(cfg, path), True
-    if all(len(cols) == 1 for cols in sample):
-        sents, cur, start = [], [], 0
-        for i, ln in enumerate(lines, 1):
-            w = ln.strip()
-            if w and not w.startswith("-DOCSTART-"):
-                start = start or i
-                cur.append(w)
-            elif cur:
-                sents.append(TokenExample(tokens=cur, tags=[], line=start))
-                cur, start = [], 0
-        if cur:
-            sents.append(TokenExample(tokens=cur, tags=[], line=start))
-        return sents, False
-    return [
-        TokenExample(tokens=ln.split(), tags=[], line=i) for i, ln in enumerate(lines, 1) if ln.strip()
-    ], False
+    cfg = task.config
+    spec = task_spec(cfg.task)
+    examples, gold = spec.read_for_prediction(cfg, path)
+    if need_gold and not gold:
+        raise LmforgeError(
+            f"{path}: no gold labels to evaluate against; use lmforge predict for unlabelled input"
+        )
+    specials = specials_of(task.tokenizer, task.model.backbone.arch)
+    max_len = cfg.max_len or task.model.config.max_len
+    data = spec.featurize(
+        cfg, path, examples, task.tokenizer, specials, task.labels, max_len, with_labels=gold
+    )
+    return data, gold
 
 
 def predict(run: str | Path | TaskRun, input: str | Path, output: str | Path | None = None, *,
@@ -694,86 +560,41 @@ def predict(run: str | Path | TaskRun, input: str | Path, output: str | Path | N
     SQuAD v1.1 evaluation script scores (with `<output>.nbest.json` beside it). When the input has
     gold labels, the metrics are returned as well.
     """
-    from lmforge.tasks.backbone import specials_of
-    from lmforge.utils.io import atomic_write_json, atomic_write_text
-
     task = run if isinstance(run, TaskRun) else load_task(run, device=device)
     cfg, path = task.config, Path(input)
-    examples, gold = _read_for_prediction(task, path)
-    specials = specials_of(task.tokenizer, task.model.backbone.arch)
-    max_len = cfg.max_len or task.model.config.max_len
-    data = featurize(cfg, path, examples, task.tokenizer, specials, task.labels, max_len, with_labels=gold)
-    outputs = run_predictions(task.model, data, batch_size, specials.pad, task.device)
-    result: dict[str, Any] = {"input": str(path), "examples": len(examples)}
+    data, gold = _input_data(task, path)
+    outputs = run_predictions(task.model, data, batch_size, task.pad_id, task.device, task_spec(cfg.task))
+    result: dict[str, Any] = {"input": str(path), "examples": len(data.examples)}
     if gold:
-        scored = score(cfg, data, outputs, task.labels)
-        result["metrics"] = scored["metrics"]
+        result["metrics"] = score(cfg, data, outputs, task.labels)["metrics"]
     out = Path(output) if output else None
-    if cfg.task == "classify":
-        lines = []
-        for ex, pid, probs in zip(examples, outputs["pred"], outputs["probs"]):
-            row = {"text": ex.text, **({"text_pair": ex.text_pair} if ex.text_pair is not None else {}),
-                   "label": task.labels.name(int(pid)),
-                   "probs": {n: round(float(p), 6) for n, p in zip(task.labels.names, probs)}}  # fmt: skip
-            if gold:
-                row["gold"] = ex.label
-            lines.append(json.dumps(row, ensure_ascii=False))
-        if out:
-            atomic_write_text(out, "\n".join(lines) + "\n")
-        result["predictions"] = [json.loads(x)["label"] for x in lines]
-    elif cfg.task == "ner":
-        tags = word_tags(cfg, data, outputs["pred"], task.labels)
-        if out:
-            atomic_write_text(out, conll_text(examples, tags, gold))
-        result["predictions"] = tags
-    else:
-        preds = decode_qa(cfg, data, outputs)
-        if out:
-            from lmforge.tasks.qa import write_predictions_json
-
-            write_predictions_json(preds.answers, out)
-            atomic_write_json(out.with_suffix(".nbest.json"), preds.nbest)
-        result["predictions"] = preds.answers
+    spec = task_spec(cfg.task)
+    result["predictions"] = spec.write_predictions(cfg, data, outputs, task.labels, out, gold)
     if out:
         result["output"] = str(out)
     return result
-
-
-def conll_text(examples: list[Any], tags: list[list[str]], gold: bool) -> str:
-    """`word gold predicted` lines (conlleval's input), a blank line after each sentence."""
-    lines = []
-    for ex, pred in zip(examples, tags):
-        for j, (word, p) in enumerate(zip(ex.tokens, pred)):
-            lines.append(f"{word} {ex.tags[j]} {p}" if gold else f"{word} {p}")
-        lines.append("")
-    return "\n".join(lines) + "\n"
 
 
 def evaluate_task(run: str | Path | TaskRun, data: str | Path, *, batch_size: int = 64, device: str = "cpu",
                   report: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
     """The task's metrics on a labelled file (accuracy / macro-F1, entity P/R/F1 per type, EM/F1);
     the Python twin of `lmforge evaluate`. Writes `<run>/eval_<file stem>.json` and `.txt` (or `report`)."""
-    from lmforge.tasks.backbone import specials_of
     from lmforge.utils.io import atomic_write_json, atomic_write_text
 
     task = run if isinstance(run, TaskRun) else load_task(run, device=device)
     cfg, path = task.config, Path(data)
-    examples, gold = _read_for_prediction(task, path)
-    if not gold:
-        raise LmforgeError(
-            f"{path}: no gold labels to evaluate against; use lmforge predict for unlabelled input"
-        )
-    specials = specials_of(task.tokenizer, task.model.backbone.arch)
-    max_len = cfg.max_len or task.model.config.max_len
-    feats = featurize(cfg, path, examples, task.tokenizer, specials, task.labels, max_len)
+    feats, _ = _input_data(task, path, need_gold=True)
     scored = score(
-        cfg, feats, run_predictions(task.model, feats, batch_size, specials.pad, task.device), task.labels
+        cfg,
+        feats,
+        run_predictions(task.model, feats, batch_size, task.pad_id, task.device, task_spec(cfg.task)),
+        task.labels,
     )
     out = {
         "run": str(task.run_dir),
         "data": str(path),
         "task": cfg.task,
-        "examples": len(examples),
+        "examples": len(feats.examples),
         **scored["metrics"],
     }
     for k in ("per_type", "report"):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.tasks.backbone import Specials
+from lmforge.models.heads import IGNORE
 from lmforge.tasks.batches import TaskBatches, collate
-from lmforge.tasks.features import IGNORE, _truncate_pair, encode_classification, encode_tokens
+from lmforge.tasks.features import _truncate_pair, encode_classification, encode_tokens
+from lmforge.tasks.framing import Specials
 from lmforge.tasks.readers import ClassificationExample, LabelMap, TokenExample
 from lmforge.tokenizer import Tokenizer, TokenizerConfig
 
@@ -82,7 +83,8 @@ def test_word_labels_sit_on_first_pieces_or_all_pieces(wordpiece):
 
 
 def test_long_sentences_are_split_into_windows_at_word_boundaries(wordpiece):
-    from lmforge.finetuning import FinetuneConfig, TaskData, word_tags
+    from lmforge.tasks.ner import word_tags
+    from lmforge.tasks.spec import TaskData
 
     words = ("the quick brown fox jumps over the lazy dog " * 4).split()
     labels = LabelMap(["B-X", "O"])
@@ -97,7 +99,7 @@ def test_long_sentences_are_split_into_windows_at_word_boundaries(wordpiece):
     preds = np.full((len(enc.features), 12), -1)
     for i, f in enumerate(enc.features):
         preds[i, : len(f["word_labels"])] = f["word_labels"]
-    tags = word_tags(FinetuneConfig(task="ner"), TaskData(None, ex, enc.features), preds, labels)
+    tags = word_tags(TaskData(None, ex, enc.features), preds, labels)
     assert tags == [ex[0].tags]
 
 
@@ -139,9 +141,9 @@ def test_task_batches_resume_exactly_and_reshuffle_each_epoch():
 
 def test_unpadded_encoder_batch_equals_one_example_at_a_time():
     from lmforge.models import build_model
+    from lmforge.models.backbone import Backbone
     from lmforge.models.config import ModelConfig
-    from lmforge.tasks.backbone import Backbone
-    from lmforge.tasks.heads import TokenClassifier
+    from lmforge.models.heads import TokenClassifier
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch="encoder", vocab_size=50, n_layer=2, n_head=2, d_model=32, max_len=16, dropout=0.0)
@@ -181,14 +183,15 @@ def test_group_by_length_pads_less_and_still_covers_every_example_once():
 
 
 def test_an_empty_sentence_gets_no_window_and_no_tags(wordpiece):
-    from lmforge.finetuning import FinetuneConfig, TaskData, word_tags
+    from lmforge.tasks.ner import word_tags
+    from lmforge.tasks.spec import TaskData
 
     labels = LabelMap(["O"])
     ex = [TokenExample(tokens=[], tags=[]), TokenExample(tokens=["the", "fox"], tags=["O", "O"])]
     enc = encode_tokens(ex, wordpiece, ENC, labels, 32)
     assert len(enc.features) == 1 and int(enc.features[0]["sentence"]) == 1
     preds = np.zeros((1, 2), np.int64)
-    assert word_tags(FinetuneConfig(task="ner"), TaskData(None, ex, enc.features), preds, labels) == [
+    assert word_tags(TaskData(None, ex, enc.features), preds, labels) == [
         [],
         ["O", "O"],
     ]

@@ -1,5 +1,9 @@
-"""Fine-tuning task data: readers for classification, NER (CoNLL) and QA (SQuAD), and their metrics.
+"""Fine-tuning tasks: one spec module per task and the data layer the specs share.
 
-This layer has no model code: it turns task files into plain dataclasses and scores predictions, so the
-same readers and metrics serve training, evaluation and tests. See docs/tasks.md.
+`classify`, `ner` and `qa` each define the `TaskSpec` (see `spec`) of one task, and `registry.TASKS`
+names them. Under them, `readers` turns task files into plain dataclasses, `features` and `spans`
+turn examples into model inputs, `batches` pads them, and `metrics` scores predictions, so the same
+pieces serve training, evaluation and tests. The networks (backbone, heads, CRF) are in
+`lmforge.models`; loading a pretrained backbone is the workflow's (`lmforge.finetuning`). See
+docs/tasks.md.
 """

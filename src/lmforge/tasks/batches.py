@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.tasks.features import IGNORE
+from lmforge.models.heads import IGNORE
 
 # Padding value per variable-length field; fields not listed are fixed-size per example.
 PAD_VALUES = {

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.tasks.backbone import Specials
+from lmforge.models.heads import IGNORE
+from lmforge.tasks.framing import Specials
 from lmforge.tasks.readers import ClassificationExample, LabelMap, TokenExample
-
-IGNORE = -100  # label of positions that carry no loss (padding, special tokens, non-first pieces)
 
 
 @dataclass

@@ -137,42 +137,7 @@ def read_classification(
     if not rows:
         raise LmforgeError(f"{path}: file has no rows")
 
-    by_name = any(_column_index(c) is None for c in columns.values())
-    if has_header is None:
-        if by_name:
-            has_header = True
-        else:
-            label_idx = _column_index(label_column)
-            assert label_idx is not None
-            has_header = _detect_header(rows, label_idx)
-
-    indices: dict[str, int] = {}
-    if has_header:
-        header = [h.strip() for h in rows[0][1]]
-        for role, col in columns.items():
-            idx = _column_index(col)
-            if idx is None:
-                if col not in header:
-                    raise LmforgeError(
-                        f"{path}: column '{col}' ({role}) not in the header; available: {', '.join(header)}"
-                    )
-                idx = header.index(str(col))
-            elif idx >= len(header):
-                raise LmforgeError(
-                    f"{path}: column {idx} ({role}) out of range; available: 0..{len(header) - 1} "
-                    f"({', '.join(header)})"
-                )
-            indices[role] = idx
-        rows = rows[1:]
-    else:
-        for role, col in columns.items():
-            idx = _column_index(col)
-            if idx is None:
-                raise LmforgeError(
-                    f"{path}: column '{col}' ({role}) is a name but has_header=False; use a 0-based index"
-                )
-            indices[role] = idx
-
+    indices, rows = _column_indices(path, rows, columns, has_header)
     out: list[ClassificationExample] = []
     for line, row in rows:
         cells = {}
@@ -185,6 +150,50 @@ def read_classification(
             cells[role] = row[idx]
         out.append(_make_example(path, line, cells))
     return out
+
+
+def _column_indices(
+    path: Path, rows: list[tuple[int, list[str]]], columns: dict[str, Column], has_header: bool | None
+) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
+    """The row index of each role's column, and the data rows (the header, if any, dropped).
+
+    `has_header=None` decides: a header when any column is a name, else `_detect_header`.
+    """
+    by_name = any(_column_index(c) is None for c in columns.values())
+    if has_header is None:
+        if by_name:
+            has_header = True
+        else:
+            label_idx = _column_index(columns["label"])
+            assert label_idx is not None
+            has_header = _detect_header(rows, label_idx)
+
+    indices: dict[str, int] = {}
+    if not has_header:
+        for role, col in columns.items():
+            idx = _column_index(col)
+            if idx is None:
+                raise LmforgeError(
+                    f"{path}: column '{col}' ({role}) is a name but has_header=False; use a 0-based index"
+                )
+            indices[role] = idx
+        return indices, rows
+    header = [h.strip() for h in rows[0][1]]
+    for role, col in columns.items():
+        idx = _column_index(col)
+        if idx is None:
+            if col not in header:
+                raise LmforgeError(
+                    f"{path}: column '{col}' ({role}) not in the header; available: {', '.join(header)}"
+                )
+            idx = header.index(str(col))
+        elif idx >= len(header):
+            raise LmforgeError(
+                f"{path}: column {idx} ({role}) out of range; available: 0..{len(header) - 1} "
+                f"({', '.join(header)})"
+            )
+        indices[role] = idx
+    return indices, rows[1:]
 
 
 def _read_classification_jsonl(path: Path, columns: dict[str, Column]) -> list[ClassificationExample]:

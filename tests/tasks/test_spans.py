@@ -14,8 +14,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks.metrics import squad_metrics
-from lmforge.tasks.qa import QAFeatures, build_qa_features, decode_spans, write_predictions_json
 from lmforge.tasks.readers import Answer, QAExample, read_squad
+from lmforge.tasks.spans import QAFeatures, build_qa_features, decode_spans, write_predictions_json
 from lmforge.tokenizer import Tokenizer, TokenizerConfig
 from lmforge.utils.shared_data import shared_data_path
 
@@ -228,7 +228,7 @@ def test_unmapped_answer_is_counted_and_labelled_cls(
 ) -> None:
     space = EN_CONTEXT.index(" ")
     ex = QAExample("ws", "t", EN_CONTEXT, "What is between?", [Answer(" ", space)])
-    with caplog.at_level(logging.WARNING, logger="lmforge.tasks.qa"):
+    with caplog.at_level(logging.WARNING, logger="lmforge.tasks.spans"):
         f = build_qa_features([ex, EN[0]], toks["wordpiece"])
     assert f.unmapped_answers == 1
     assert f.start_positions[0] == f.end_positions[0] == 0 and f.start_positions[1] > 0

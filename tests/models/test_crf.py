@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.tasks.crf import CRF, iob2_allowed
+from lmforge.models.crf import CRF, iob2_allowed
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 

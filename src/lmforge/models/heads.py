@@ -1,8 +1,11 @@
 """Task heads on a backbone: sequence classification, token classification (softmax or CRF), QA spans.
 
-Each model takes a batch dict (see `lmforge.tasks.batches.collate`) and offers `loss(batch)` for
-training and `predict(batch)` for evaluation, so the trainer and the evaluation loop never need to
-know which task they run.
+Each model takes a batch dict of padded tensors (`input_ids`, `attention_mask`, `token_type_ids`,
+`lengths` and the task's label fields, as `lmforge.tasks.batches.collate` builds it). Like every
+model here it returns its outputs and computes no loss: `forward(batch)` gives the head's logits
+as a dict (what the task's loss in `lmforge.tasks.losses` reads, so that training goes through
+`forward` where DDP and torch.compile see it), and `decode(outputs, batch)` turns them into
+predictions; `predict(batch)` is both at once.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.tasks.backbone import Backbone
-from lmforge.tasks.crf import CRF
-from lmforge.tasks.features import IGNORE
+from lmforge.models.backbone import Backbone
+from lmforge.models.crf import CRF
+
+IGNORE = -100  # label of positions that carry no loss (padding, special tokens, non-first pieces)
 
 
 class TaskModel(nn.Module):
-    """A backbone plus a head; subclasses define `head_logits`, `loss` and `predict`."""
+    """A backbone plus a head; subclasses define `forward` (the head's outputs) and `decode`."""
 
     def __init__(self, backbone: Backbone, head_dropout: float) -> None:
         super().__init__()
@@ -52,13 +56,14 @@ class TaskModel(nn.Module):
         lm_head = self.config.d_model * self.config.vocab_size  # in the decoder's count, unused here
         return fn(seq_len) - 6.0 * lm_head
 
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, metrics) of a labelled batch: the call goes through forward so that DDP and
-        torch.compile wrappers see it."""
-        return self.loss(batch)
+    def decode(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Predictions from the outputs of `forward`; the heads whose logits are their prediction
+        (QA's start/end logits, decoded into spans later) return them as they are."""
+        return outputs
 
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.decode(self(batch), batch)
 
 
 class SequenceClassifier(TaskModel):
@@ -81,29 +86,17 @@ class SequenceClassifier(TaskModel):
         nn.init.zeros_(self.classifier.bias)
         self.register_buffer("class_weights", class_weights, persistent=False)
 
-    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{"logits": (B, num_labels) float32}."""
         h = self.hidden(batch)
         pooled = self.backbone.pool(
             h, self.pooling, batch["lengths"].to(h.device), batch.get("attention_mask")
         )
-        return self.classifier(self.drop(pooled)).float()
+        return {"logits": self.classifier(self.drop(pooled)).float()}
 
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.logits(batch)
-        acc = (logits.argmax(-1) == batch["label"]).float().mean()
-        return self._loss(logits, batch), {"accuracy": acc.detach()}
-
-    def _loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(logits, batch["label"], weight=self.class_weights)
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        logits = self.logits(batch)
-        probs = logits.softmax(-1)
-        out = {"probs": probs, "pred": probs.argmax(-1)}
-        if "label" in batch:  # the dev loss from the same forward pass
-            out["loss"] = self._loss(logits, batch)
-        return out
+    def decode(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        probs = outputs["logits"].softmax(-1)
+        return {"probs": probs, "pred": probs.argmax(-1)}
 
 
 class TokenClassifier(TaskModel):
@@ -130,42 +123,21 @@ class TokenClassifier(TaskModel):
         self.crf = CRF.for_iob2(labels) if crf else None
         self.register_buffer("class_weights", class_weights, persistent=False)
 
-    def emissions(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.classifier(self.drop(self.hidden(batch))).float()  # (B, T, K)
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{"emissions": (B, T, K) float32}: a score per word piece and label."""
+        return {"emissions": self.classifier(self.drop(self.hidden(batch))).float()}
 
     def word_emissions(self, emissions: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         pos = batch["word_pos"].to(emissions.device)  # (B, W)
         return emissions.gather(1, pos.unsqueeze(-1).expand(-1, -1, emissions.size(-1)))  # (B, W, K)
 
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self._loss(self.emissions(batch), batch), {}
-
-    def _loss(self, em: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        if self.crf is not None:  # every window holds at least one word (encode_tokens)
-            words = self.word_emissions(em, batch)
-            mask = batch["word_mask"].to(em.device)
-            tags = batch["word_labels"]
-            loss = self.crf(words, tags, mask)
-        else:
-            labels = batch["piece_labels"]
-            loss = F.cross_entropy(
-                em.flatten(0, 1), labels.flatten(), weight=self.class_weights, ignore_index=IGNORE
-            )
-        return loss
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        em = self.emissions(batch)
-        words = self.word_emissions(em, batch)
-        mask = batch["word_mask"].to(em.device)
+    def decode(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{"pred": (B, W) label ids per word, -1 past the sentence}: Viterbi with a CRF, else argmax."""
+        words = self.word_emissions(outputs["emissions"], batch)
+        mask = batch["word_mask"].to(words.device)
         if self.crf is not None:
-            pred = self.crf.decode(words, mask)
-        else:
-            pred = words.argmax(-1).masked_fill(~mask, -1)
-        out = {"pred": pred}
-        if "word_labels" in batch:  # the dev loss from the same forward pass
-            out["loss"] = self._loss(em, batch)
-        return out
+            return {"pred": self.crf.decode(words, mask)}
+        return {"pred": words.argmax(-1).masked_fill(~mask, -1)}
 
 
 class SpanExtractor(TaskModel):
@@ -177,31 +149,10 @@ class SpanExtractor(TaskModel):
         nn.init.normal_(self.qa.weight, std=0.02)
         nn.init.zeros_(self.qa.bias)
 
-    def span_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{"start_logits", "end_logits"}: (B, T) float32 each, padding never a span boundary."""
         logits = self.qa(self.drop(self.hidden(batch))).float()  # (B, T, 2)
         mask = batch.get("attention_mask")
-        if mask is not None:  # padding can never be a span boundary
+        if mask is not None:
             logits = logits.masked_fill(~mask.to(logits.device).unsqueeze(-1), -1e4)
-        return logits[..., 0], logits[..., 1]
-
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self._loss(*self.span_logits(batch), batch), {}
-
-    @staticmethod
-    def _loss(start: torch.Tensor, end: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return (
-            F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])
-        ) / 2
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        start, end = self.span_logits(batch)
-        out = {"start_logits": start, "end_logits": end}
-        if "start_positions" in batch:  # the dev loss from the same forward pass
-            out["loss"] = self._loss(start, end, batch)
-        return out
-
-
-def task_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The trainer's objective for every task: the head's own loss."""
-    return model(batch)
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
