@@ -396,9 +396,7 @@ def scaling(
     to every rung (not the keys the ladder sets: see RESERVED). Rungs already trained with the same
     model and steps are reused, and an interrupted rung resumes, so re-running after a stop is cheap.
     """
-    from lmforge.config import set_dotted
     from lmforge.data.shards import Shards
-    from lmforge.pretraining import PretrainConfig, pretrain
     from lmforge.utils.io import atomic_write_json
 
     if float(tokens_per_param) <= 0:
@@ -407,7 +405,45 @@ def scaling(
         )
     if int(max_steps) < 1:
         raise LmforgeError(f"--max_steps={max_steps} must be at least 1")
-    ladder = parse_sizes(sizes)
+    nested, cfg = _ladder_settings(overrides)
+    seq_len = cfg.train.seq_len or cfg.model.max_len
+    if seq_len > cfg.model.max_len:
+        raise LmforgeError(
+            f"train.seq_len={seq_len} exceeds model.max_len={cfg.model.max_len}; lower one or raise the other"
+        )
+    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * seq_len
+    # Plan every rung before touching the data, so a bad ladder fails in a second, not after prepare.
+    plans = _plan_rungs(parse_sizes(sizes), cfg, tokens_per_param, tokens_per_step, int(max_steps))
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards_dir = _prepare_shards(str(data), out, cfg, log)
+    shards = Shards.open(shards_dir)
+    if shards.num_tokens("val") < 2:
+        raise LmforgeError(
+            f"{shards_dir} has no validation split to fit on; prepare with --prep.val_fraction above 0"
+        )
+    rungs = [
+        _train_rung(plan, out / plan[0], shards_dir, nested, cfg, tokens_per_step, seq_len, log)
+        for plan in plans
+    ]
+    points = [(r.params, r.val_loss) for r in rungs if r.val_loss is not None]
+    fit = fit_power_law(*zip(*points)) if len(points) >= 2 else None
+    result = ScalingResult(
+        out=str(out), data=str(data), tokens_per_param=float(tokens_per_param), max_steps=int(max_steps),
+        train_tokens=int(shards.num_tokens("train")), rungs=rungs, fit=fit,
+    )  # fmt: skip
+    result.plots = [str(p) for p in plot_scaling(result, out / "plots")]
+    atomic_write_json(out / "scaling.json", result.to_dict())
+    return result
+
+
+def _ladder_settings(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+    """The overrides as a nested dict, checked (none of the keys the ladder sets), and validated
+    once as a PretrainConfig before any training."""
+    from lmforge.config import set_dotted
+    from lmforge.pretraining import PretrainConfig
+
     nested: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if isinstance(value, dict):
@@ -423,27 +459,23 @@ def scaling(
             raise LmforgeError(
                 f"--{key}: scaling passes only model.*, train.*, tokenizer.* and prep.* settings on"
             )
-    cfg = from_dict(PretrainConfig, nested)  # validates every override once, before any training
+    cfg = from_dict(PretrainConfig, nested)
     if cfg.model.arch != "decoder":
         raise LmforgeError(
             f"--model.arch={cfg.model.arch}: the scaling ladder trains decoders; drop --model.arch"
         )
+    return nested, cfg
 
-    seq_len = cfg.train.seq_len or cfg.model.max_len
-    if seq_len > cfg.model.max_len:
-        raise LmforgeError(
-            f"train.seq_len={seq_len} exceeds model.max_len={cfg.model.max_len}; lower one or raise the other"
-        )
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * seq_len
-    train_flat = _flatten(nested.get("train", {}))
-    model_flat = _flatten(nested.get("model", {}))
 
-    # Plan every rung before touching the data, so a bad ladder fails in a second, not after prepare.
+def _plan_rungs(
+    ladder: list[tuple[str, int]], cfg: Any, tokens_per_param: float, tokens_per_step: int, max_steps: int
+) -> list[tuple[str, int, ModelConfig, int, int, bool]]:
+    """(label, target, model, N, steps, capped) per size; two sizes with the same shape are an error."""
     plans = []
     for label, target in ladder:
         model = shape_for(target, cfg.model)
         n = count_params(model)
-        steps, capped = budget_steps(n, tokens_per_param, tokens_per_step, int(max_steps))
+        steps, capped = budget_steps(n, tokens_per_param, tokens_per_step, max_steps)
         plans.append((label, target, model, n, steps, capped))
     shapes = [(p[2].n_layer, p[2].d_model) for p in plans]
     for i in range(1, len(shapes)):
@@ -452,48 +484,40 @@ def scaling(
                 f"--sizes {plans[i - 1][0]} and {plans[i][0]} give the same model (n_layer={shapes[i][0]}, "
                 f"d_model={shapes[i][1]}); spread the sizes further apart"
             )
+    return plans
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shards_dir = _prepare_shards(str(data), out, cfg, log)
-    shards = Shards.open(shards_dir)
-    if shards.num_tokens("val") < 2:
-        raise LmforgeError(
-            f"{shards_dir} has no validation split to fit on; prepare with --prep.val_fraction above 0"
-        )
 
-    rungs: list[Rung] = []
-    for label, target, model, n, steps, capped in plans:
-        run_dir = out / label
-        log(
-            f"[{label}] n_layer={model.n_layer} d_model={model.d_model} n_head={model.n_head}: N={n:,} "
-            f"non-embedding parameters, {steps} steps of {tokens_per_step:,} tokens"
-            + (" (capped by --max_steps)" if capped else "")
-        )
-        train = {"warmup_steps": min(100, max(1, steps // 10)), **train_flat, "max_steps": steps}
-        run_overrides = {
-            "data": str(shards_dir), "out": str(run_dir), "objective": "clm",
-            "model": {**model_flat, **{k: getattr(model, k) for k in ("n_layer", "d_model", "n_head")}},
-            "train": train, "tokenizer": to_dict(cfg.tokenizer), "prep": to_dict(cfg.prep),
-        }  # fmt: skip
-        done = _finished(run_dir, model, steps)
-        if done is not None:
-            log(f"[{label}] already trained ({run_dir}/summary.json); reusing it")
-            summary = done
-        else:
-            resume = (run_dir / "train_state").is_dir()
-            summary = pretrain(None, resume=resume, **run_overrides).to_dict()
-        rungs.append(_rung(label, target, n, model, steps, capped, summary, run_dir, seq_len))
+def _train_rung(
+    plan: tuple[str, int, ModelConfig, int, int, bool], run_dir: Path, shards_dir: Path, nested: dict[str, Any],
+    cfg: Any, tokens_per_step: int, seq_len: int, log: Callable[[str], None],
+) -> Rung:  # fmt: skip
+    """Train one size (or reuse / resume its run) and read back its figures."""
+    from lmforge.pretraining import pretrain
 
-    points = [(r.params, r.val_loss) for r in rungs if r.val_loss is not None]
-    fit = fit_power_law(*zip(*points)) if len(points) >= 2 else None
-    result = ScalingResult(
-        out=str(out), data=str(data), tokens_per_param=float(tokens_per_param), max_steps=int(max_steps),
-        train_tokens=int(shards.num_tokens("train")), rungs=rungs, fit=fit,
-    )  # fmt: skip
-    result.plots = [str(p) for p in plot_scaling(result, out / "plots")]
-    atomic_write_json(out / "scaling.json", result.to_dict())
-    return result
+    label, target, model, n, steps, capped = plan
+    log(
+        f"[{label}] n_layer={model.n_layer} d_model={model.d_model} n_head={model.n_head}: N={n:,} "
+        f"non-embedding parameters, {steps} steps of {tokens_per_step:,} tokens"
+        + (" (capped by --max_steps)" if capped else "")
+    )
+    train = {
+        "warmup_steps": min(100, max(1, steps // 10)),
+        **_flatten(nested.get("train", {})),
+        "max_steps": steps,
+    }
+    shape = {k: getattr(model, k) for k in ("n_layer", "d_model", "n_head")}
+    run_overrides = {
+        "data": str(shards_dir), "out": str(run_dir), "objective": "clm",
+        "model": {**_flatten(nested.get("model", {})), **shape},
+        "train": train, "tokenizer": to_dict(cfg.tokenizer), "prep": to_dict(cfg.prep),
+    }  # fmt: skip
+    summary = _finished(run_dir, model, steps)
+    if summary is not None:
+        log(f"[{label}] already trained ({run_dir}/summary.json); reusing it")
+    else:
+        resume = (run_dir / "train_state").is_dir()
+        summary = pretrain(None, resume=resume, **run_overrides).to_dict()
+    return _rung(label, target, n, model, steps, capped, summary, run_dir, seq_len)
 
 
 def _rung(label: str, target: int, n: int, model: ModelConfig, steps: int, capped: bool,

@@ -334,7 +334,7 @@ class Trainer:
     # ------------------------------------------------------------ the loop
 
     def fit(self, *, resume: bool = False) -> TrainResult:
-        cfg, dist, device = self.cfg, self.dist, self.device
+        cfg, dist = self.cfg, self.dist
         start_step = self.resume() if resume else 0
         main = dist.is_main
         logger = (
@@ -344,79 +344,31 @@ class Trainer:
             if main
             else None
         )
-        peak = peak_flops(device, self.precision) if (main and self.flops_per_token) else None
+        peak = peak_flops(self.device, self.precision) if (main and self.flops_per_token) else None
         progress = _Progress(cfg.max_steps, start_step, enabled=main and cfg.progress)
-
         self.model.train()
-        loss_sum = torch.zeros((), device=device)  # summed on device between logs: no per-step sync
-        metric_sums: dict[str, torch.Tensor] = {}
-        nan_streak = torch.zeros((), device=device)  # consecutive non-finite steps
-        nan_total = torch.zeros((), device=device)
-        steps_in_window, window_start = 0, time.perf_counter()
+        window = _Window(self.device)
         t0, stopped_early, last_loss = time.perf_counter(), False, None
         if start_step >= cfg.max_steps and main:
             print(
                 f"run already at step {start_step} >= train.max_steps={cfg.max_steps}; nothing to do",
                 file=sys.stderr,
             )
-
         try:
             while self.step < cfg.max_steps:
                 lr = lr_at(self.step, cfg)
                 step_loss, grad_norm, finite = self.train_step(lr)
-                nan_streak = (nan_streak + 1) * (~finite)
-                nan_total += ~finite
-                loss_sum += torch.where(finite, step_loss, torch.zeros_like(step_loss))
-                for k, v in self.step_metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0) + torch.where(finite, v, torch.zeros_like(v))
+                window.add(step_loss, finite, self.step_metrics)
                 self.step += 1
-                steps_in_window += 1
-
                 last_step = self.step >= cfg.max_steps
                 if self.step % cfg.log_every == 0 or last_step:
-                    # The one host sync of the interval.
-                    streak, total_bad = int(nan_streak), int(nan_total)
-                    good = max(1, steps_in_window - min(total_bad, steps_in_window))
-                    last_loss = float(loss_sum) / good
-                    if total_bad and main:
-                        warnings.warn(
-                            f"step {self.step}: skipped {total_bad} step(s) with non-finite loss or gradients",
-                            stacklevel=2,
-                        )
-                    if streak >= cfg.max_nan_steps:
-                        raise LmforgeError(
-                            f"loss was NaN/inf for {streak} consecutive steps up to step {self.step}; weights from the "
-                            f"last checkpoint are intact. Lower --train.lr (now {cfg.lr}), keep --train.grad_clip on, "
-                            "or use --train.precision fp32/bf16 instead of fp16"
-                        )
-                    elapsed = time.perf_counter() - window_start
-                    tok_s = steps_in_window * self.tokens_per_step / max(elapsed, 1e-9)
-                    row = {"step": self.step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
-                           "tokens_per_s": tok_s, "tokens": self.step * self.tokens_per_step}  # fmt: skip
-                    row.update({k: float(v) / good for k, v in metric_sums.items()})
-                    metric_sums.clear()
-                    if peak:
-                        row["mfu"] = self.flops_per_token * tok_s / peak / dist.world_size
+                    row = self._log_row(window, lr, grad_norm, peak)
+                    last_loss = row["loss"]
                     if logger:
                         logger.log(row)
                     progress.update(self.step, row)
-                    loss_sum.zero_()
-                    nan_total.zero_()
-                    steps_in_window, window_start = 0, time.perf_counter()
-
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
-                    val = self.evaluate()
-                    if val is not None:
-                        extra = "".join(f"  val_{k} {v:.4f}" for k, v in self.last_val_metrics.items())
-                        progress.note(f"step {self.step}: val_loss {val:.4f}{extra}")
-                        if self._after_eval(val, logger):
-                            stopped_early = True
-                            progress.note(
-                                f"early stopping at step {self.step}: no improvement in "
-                                f"{cfg.early_stopping_patience} evaluations (best {self.best_val:.4f} at step {self.best_step})"
-                            )
-                    if logger and cfg.plot:
-                        logger.plot()
+                    stopped_early = self._evaluate_and_select(logger, progress)
                 if (cfg.save_every and self.step % cfg.save_every == 0) or last_step or stopped_early:
                     self._save()
                 if stopped_early:
@@ -425,16 +377,62 @@ class Trainer:
             if _is_oom(e):
                 raise LmforgeError(
                     f"out of memory at train.batch_size={cfg.batch_size}, seq_len={self.train_batches.seq_len} on "
-                    f"{device}; lower --train.batch_size and raise --train.grad_accum to keep the same effective batch"
+                    f"{self.device}; lower --train.batch_size and raise --train.grad_accum to keep the same effective batch"
                 ) from None
             raise
         finally:
             progress.close()
             if logger:
                 logger.close()
-
         if main and cfg.plot and logger:
             logger.plot()
+        return self._result(last_loss, stopped_early, time.perf_counter() - t0)
+
+    def _log_row(
+        self, window: _Window, lr: float, grad_norm: torch.Tensor, peak: float | None
+    ) -> dict[str, Any]:
+        """The metrics row of a log interval: the interval's one host sync, and the NaN checks."""
+        cfg = self.cfg
+        streak, total_bad = int(window.nan_streak), int(window.nan_total)
+        good = max(1, window.steps - min(total_bad, window.steps))
+        if total_bad and self.dist.is_main:
+            warnings.warn(
+                f"step {self.step}: skipped {total_bad} step(s) with non-finite loss or gradients",
+                stacklevel=3,
+            )
+        if streak >= cfg.max_nan_steps:
+            raise LmforgeError(
+                f"loss was NaN/inf for {streak} consecutive steps up to step {self.step}; weights from the "
+                f"last checkpoint are intact. Lower --train.lr (now {cfg.lr}), keep --train.grad_clip on, "
+                "or use --train.precision fp32/bf16 instead of fp16"
+            )
+        tok_s = window.steps * self.tokens_per_step / max(time.perf_counter() - window.start, 1e-9)
+        row = {"step": self.step, "loss": float(window.loss_sum) / good, "lr": lr, "grad_norm": float(grad_norm),
+               "tokens_per_s": tok_s, "tokens": self.step * self.tokens_per_step}  # fmt: skip
+        row.update({k: float(v) / good for k, v in window.metric_sums.items()})
+        if peak:
+            row["mfu"] = self.flops_per_token * tok_s / peak / self.dist.world_size
+        window.reset()
+        return row
+
+    def _evaluate_and_select(self, logger: MetricsLogger | None, progress: _Progress) -> bool:
+        """Validate, keep the best weights, plot; True when early stopping ends the run."""
+        stop = False
+        val = self.evaluate()
+        if val is not None:
+            extra = "".join(f"  val_{k} {v:.4f}" for k, v in self.last_val_metrics.items())
+            progress.note(f"step {self.step}: val_loss {val:.4f}{extra}")
+            stop = self._after_eval(val, logger)
+            if stop:
+                progress.note(
+                    f"early stopping at step {self.step}: no improvement in {self.cfg.early_stopping_patience} "
+                    f"evaluations (best {self.best_val:.4f} at step {self.best_step})"
+                )
+        if logger and self.cfg.plot:
+            logger.plot()
+        return stop
+
+    def _result(self, last_loss: float | None, stopped_early: bool, elapsed: float) -> TrainResult:
         best = self.best_val if self.best_step is not None else None
         val = best if self.select_metric == "loss" else self.last_val
         val = val if val is not None and math.isfinite(val) else None
@@ -443,12 +441,37 @@ class Trainer:
         result = TrainResult(
             run_dir=str(self.run_dir), steps=self.step, tokens=self.step * self.tokens_per_step,
             train_loss=last_loss, val_loss=val, best_step=self.best_step, stopped_early=stopped_early,
-            elapsed_s=time.perf_counter() - t0, val_metrics=metrics or None, select_metric=self.select_metric,
-            best_score=best,
+            elapsed_s=elapsed, val_metrics=metrics or None, select_metric=self.select_metric, best_score=best,
         )  # fmt: skip
-        if main:
+        if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", result.to_dict())
         return result
+
+
+class _Window:
+    """What a log interval sums on the device between two logs, so that steps need no host sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.nan_streak = torch.zeros((), device=device)  # consecutive non-finite steps (not reset per log)
+        self.nan_total = torch.zeros((), device=device)
+        self.metric_sums: dict[str, torch.Tensor] = {}
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, step_loss: torch.Tensor, finite: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+        """One step's loss and metrics; a non-finite step counts as bad and adds nothing."""
+        self.nan_streak = (self.nan_streak + 1) * (~finite)
+        self.nan_total += ~finite
+        self.loss_sum += torch.where(finite, step_loss, torch.zeros_like(step_loss))
+        for k, v in metrics.items():
+            self.metric_sums[k] = self.metric_sums.get(k, 0) + torch.where(finite, v, torch.zeros_like(v))
+        self.steps += 1
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.nan_total.zero_()
+        self.metric_sums.clear()
+        self.steps, self.start = 0, time.perf_counter()
 
 
 class _Progress:
