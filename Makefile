@@ -21,12 +21,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/lmforge pretrain --out runs/demo --config configs/gpt-tiny.yaml
 
-test: setup
+# Every test run is linted first, the import layers (pyproject.toml [tool.importlinter]) included.
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto -q
 
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py

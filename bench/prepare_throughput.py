@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.clean import CleanConfig, Cleaner
-from lmforge.data.corpus import read_documents
 from lmforge.data.shards import _batches, prepare
+from lmforge.text.clean import CleanConfig, Cleaner
+from lmforge.text.corpus import read_documents
 from lmforge.tokenizer import train_tokenizer
 from lmforge.utils.shared_data import shared_data_path
 

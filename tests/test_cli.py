@@ -183,3 +183,99 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_corpus):
     final = "train_state/step_00000150/model.safetensors"
     a, b = load_file(str(tmp_path / "a" / final)), load_file(str(tmp_path / "b" / final))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- one face: each command is its API twin
+
+
+@pytest.fixture
+def tiny_runs(tmp_path, tiny_corpus):
+    """An untrained causal run and an untrained masked-LM run, written as run directories: enough to
+    check that a command and its API twin give the same numbers."""
+    from lmforge.models import build_model
+    from lmforge.models.config import ModelConfig
+    from lmforge.run import write_run
+    from lmforge.tokenizer import Tokenizer, TokenizerConfig
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(tiny_corpus.iterdir())]
+    runs = {}
+    for name, arch, kind in (("gpt", "decoder", "bpe"), ("bert", "encoder", "wordpiece")):
+        tok = Tokenizer.train(texts, TokenizerConfig(kind=kind, vocab_size=300, min_frequency=1))
+        torch.manual_seed(0)
+        cfg = ModelConfig(arch=arch, vocab_size=320, n_layer=1, n_head=2, d_model=16, max_len=32)
+        objective = "clm" if arch == "decoder" else "mlm"
+        runs[name] = write_run(tmp_path / name, model=build_model(cfg), model_config=cfg, tokenizer=tok,
+                               config={"objective": objective})  # fmt: skip
+    return runs, tiny_corpus / "doc00.txt"
+
+
+def test_every_api_function_survives_importing_the_modules():
+    """An API function named like a module of the package would be replaced by it once imported."""
+    import importlib
+    import pkgutil
+
+    import lmforge
+
+    for mod in pkgutil.iter_modules(lmforge.__path__):
+        if mod.name != "__main__":
+            importlib.import_module(f"lmforge.{mod.name}")
+    for name in lmforge.__all__:
+        assert name == "__version__" or callable(getattr(lmforge, name)), name
+
+
+@pytest.mark.parametrize("flags, options", [
+    ([], {}),
+    (["--batch_size", "2", "--stride", "8", "--txt_unit", "paragraph"], {"batch_size": 2, "stride": 8, "txt_unit": "paragraph"}),
+])  # fmt: skip
+def test_eval_prints_what_evaluate_returns(tiny_runs, capsys, flags, options):
+    import lmforge
+
+    runs, held = tiny_runs
+    code, out, err = run_cli(
+        capsys, "eval", str(runs["gpt"]), "--data", str(held), "--device", "cpu", "--json", *flags
+    )
+    assert code == 0, err
+    assert last_json(out) == lmforge.evaluate(runs["gpt"], held, device="cpu", **options).to_dict()
+
+
+def test_eval_of_a_masked_lm_run_and_an_option_it_does_not_take(tiny_runs, capsys):
+    import lmforge
+
+    runs, held = tiny_runs
+    code, out, err = run_cli(
+        capsys, "eval", str(runs["bert"]), "--data", str(held), "--device", "cpu", "--json"
+    )
+    assert code == 0, err
+    assert last_json(out) == lmforge.evaluate(runs["bert"], held).to_dict()
+    code, _, err = run_cli(capsys, "eval", str(runs["bert"]), "--data", str(held), "--stride", "8")
+    assert code == 2 and "option 'stride' does not apply to a masked-LM run" in err
+
+
+def test_info_generate_fill_mask_and_export_print_what_the_api_returns(tiny_runs, tmp_path, capsys):
+    import lmforge
+
+    runs, _ = tiny_runs
+    code, out, _ = run_cli(capsys, "info", str(runs["gpt"]), "--json")
+    assert code == 0 and last_json(out) == json.loads(json.dumps(lmforge.info(runs["gpt"]), default=str))
+
+    gen = {"max_new_tokens": 6, "temperature": 0.7, "seed": 3}
+    code, out, _ = run_cli(capsys, "generate", str(runs["gpt"]), "--prompt", "The model", "--max_new_tokens", "6",
+                           "--temperature", "0.7", "--seed", "3", "--device", "cpu", "--json")  # fmt: skip
+    completion = last_json(out)["completion"]
+    assert code == 0 and completion == lmforge.generate(runs["gpt"], "The model", **gen)
+    assert "".join(lmforge.generate_stream(runs["gpt"], "The model", **gen)) == completion
+
+    code, out, _ = run_cli(
+        capsys, "fill-mask", str(runs["bert"]), "the [MASK] is a word", "--top_k", "3", "--json"
+    )
+    masks = [
+        [p.to_dict() for p in preds]
+        for preds in lmforge.fill_mask(runs["bert"], "the [MASK] is a word", top_k=3)
+    ]
+    assert code == 0 and last_json(out)["masks"] == masks
+
+    code, out, _ = run_cli(capsys, "export", "hf", str(runs["gpt"]), str(tmp_path / "hf"), "--json")
+    assert code == 0 and last_json(out) == lmforge.export_hf(runs["gpt"], tmp_path / "hf2") | {
+        "out": str(tmp_path / "hf")
+    }
+    assert last_json(out)["load_with"] == "AutoModelForCausalLM"

@@ -10,7 +10,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import KINDS, Tokenizer, TokenizerConfig, _join_cjk, train_tokenizer
+from lmforge.tokenizer import KINDS, Tokenizer, TokenizerConfig, join_cjk, train_tokenizer
 
 ENGLISH = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -121,8 +121,8 @@ def test_wordpiece_normalises_like_bert(trained: dict[str, Tokenizer]) -> None:
     assert tok.decode(ids) == CHINESE[3]
     assert tok.decode(tok.encode("the river\x00 bank")) == "the river bank"  # control chars dropped
     # Spaces next to CJK are dropped in mostly-Chinese text, kept next to words in English text.
-    assert _join_cjk("据 ESPN 消 息 ， 4 月 12 日") == "据ESPN消息，4月12日"
-    assert _join_cjk("the word 中 国 means china") == "the word 中国 means china"
+    assert join_cjk("据 ESPN 消 息 ， 4 月 12 日") == "据ESPN消息，4月12日"
+    assert join_cjk("the word 中 国 means china") == "the word 中国 means china"
     lower = Tokenizer.train(CORPUS, TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True))
     assert lower.decode(lower.encode("THE Sea")) == "the sea"
     assert lower.encode("Café") == lower.encode("cafe")  # accents stripped, as bert-base-uncased

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lmforge.cli import main
-from lmforge.data.clean import CleanConfig
 from lmforge.data.shards import Shards, prepare
 from lmforge.errors import LmforgeError
+from lmforge.text.clean import CleanConfig
 from lmforge.tokenizer import GPT_SPECIALS, Tokenizer, TokenizerConfig, train_tokenizer
 from lmforge.utils.shared_data import shared_data_path
 

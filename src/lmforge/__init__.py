@@ -1,148 +1,276 @@
 """lmforge: from raw text to a trained, evaluated and deployable language model.
 
-The Python API mirrors the CLI one to one:
+The Python API mirrors the CLI one to one: each `lmforge <command>` parses its flags, calls the
+function named beside it here and prints what it returns, so both take the same options and give
+the same numbers.
 
     lmforge.train_tokenizer(data, kind="bpe", vocab_size=8000, out="tok.json")   # lmforge tokenizer train
     lmforge.prepare(data, "tok.json", "shards/")                                 # lmforge prepare
     lmforge.pretrain("configs/gpt-tiny.yaml", data="shards/", out="runs/gpt")    # lmforge pretrain
+    lmforge.finetune(task="ner", model="runs/bert", train_file="train.txt")     # lmforge finetune ner
     lm = lmforge.load("runs/gpt")                                                # lm.model, lm.tokenizer, lm.config
-    lmforge.evaluate("runs/gpt", "held_out.txt")                                 # lmforge eval
+    lmforge.info("runs/gpt")                                                     # lmforge info
+    lmforge.evaluate("runs/gpt", "held_out.txt")                                 # lmforge eval, lmforge evaluate
+    lmforge.predict("runs/ner", "test.txt", "test.pred.conll")                   # lmforge predict
     lmforge.generate("runs/gpt", "The meaning of", max_new_tokens=50)            # lmforge generate
+    lmforge.generate_stream("runs/gpt", "The meaning of")                        # ... piece by piece
     lmforge.fill_mask("runs/bert", "The capital of France is [MASK].")           # lmforge fill-mask
-    lmforge.export_hf("runs/gpt", "out/hf_gpt"); lmforge.import_hf("hf_dir", "runs/imported")
-    lmforge.compare(["lm5.arpa", "runs/gpt"], "test.txt", plot="cmp.png")          # lmforge compare
-    lmforge.scaling("corpus/", "0.1M,0.3M,1M", "runs/scaling")                     # lmforge scaling
+    lmforge.export_hf("runs/gpt", "out/hf_gpt")                                  # lmforge export hf
+    lmforge.import_hf("hf_dir", "runs/imported")                                 # lmforge import hf
+    lmforge.compare(["lm5.arpa", "runs/gpt"], "test.txt", plot="cmp.png")        # lmforge compare
+    lmforge.scaling_ladder("corpus/", "0.1M,0.3M,1M", "runs/scaling")            # lmforge scaling
+    lmforge.train_ngram("train.txt", order=5, out="lm5.arpa")                    # lmforge ngram train
+    lmforge.evaluate_ngram("lm5.arpa", "test.txt")                               # lmforge ngram eval
+
+A function that reads a run takes its directory or the loaded run, and loads a directory on
+`device` (auto, cpu, cuda, cuda:N or mps; default cpu).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
+from lmforge.errors import LmforgeError
+from lmforge.version import __version__
 
 __all__ = [
     "LmforgeError",
     "__version__",
     "compare",
     "evaluate",
+    "evaluate_ngram",
     "export_hf",
     "fill_mask",
     "finetune",
     "generate",
+    "generate_stream",
     "import_hf",
+    "info",
     "load",
     "predict",
     "prepare",
     "pretrain",
-    "scaling",
+    "scaling_ladder",
+    "train_ngram",
     "train_tokenizer",
 ]
 
-from lmforge.errors import LmforgeError
 
-
-def load(run_dir: str | Path, **kwargs: Any):
+def load(run_dir: str | Path, *, device: Any = "cpu", **kwargs: Any):
     """A trained run: `.model` (ids (B, T) -> logits (B, T, V)), `.tokenizer`, `.config`; for a
-    fine-tuned task run, a `TaskRun` (`.model` with its head, `.tokenizer`, `.labels`, `.config`)."""
-    from lmforge.finetuning import is_task_run, load_task
-    from lmforge.run import load as _load
+    fine-tuned task run, a `TaskRun` (`.model` with its head, `.tokenizer`, `.labels`, `.config`).
 
-    if is_task_run(run_dir):
-        return load_task(run_dir, **kwargs)
-    return _load(run_dir, **kwargs)
+    The one place that picks a loader by the run's kind (`lmforge.run.read_run`): every function
+    below that accepts a run directory and works on every kind gets the right object from here.
+    """
+    from lmforge.run import read_run
+
+    if read_run(run_dir).kind == "task":
+        from lmforge.finetuning import load_task
+        from lmforge.utils.device import resolve_device
+
+        return load_task(run_dir, device=resolve_device(device), **kwargs)
+    return _language_model(run_dir, device, **kwargs)
+
+
+def _language_model(run: Any, device: Any, **kwargs: Any):
+    """`run` loaded as a language model (a task run's directory is refused, naming what to use)."""
+    from lmforge.run import load as load_run
+    from lmforge.utils.device import resolve_device
+
+    return load_run(run, device=resolve_device(device), **kwargs) if isinstance(run, (str, Path)) else run
+
+
+def _opened(run: Any, device: Any):
+    return load(run, device=device) if isinstance(run, (str, Path)) else run
 
 
 def train_tokenizer(data: Any, **kwargs: Any):
-    from lmforge.tokenizer import train_tokenizer as _train
+    """Train a tokenizer on a corpus; options as `lmforge.tokenizer.train_tokenizer`."""
+    from lmforge.tokenizer import train_tokenizer as train
 
-    return _train(data, **kwargs)
+    return train(data, **kwargs)
 
 
 def prepare(data: Any, tokenizer: Any, out: str | Path, **kwargs: Any) -> dict:
-    from lmforge.data.shards import prepare as _prepare
+    """Clean, tokenize and pack a corpus into shards; returns their manifest."""
+    from lmforge.data.shards import prepare as write_shards
 
-    return _prepare(data, tokenizer, out, **kwargs)
+    return write_shards(data, tokenizer, out, **kwargs)
 
 
 def pretrain(config: Any = None, **kwargs: Any):
-    from lmforge.pretraining import pretrain as _pretrain
+    from lmforge.pretraining import pretrain as run_pretraining
 
-    return _pretrain(config, **kwargs)
+    return run_pretraining(config, **kwargs)
 
 
 def finetune(config: Any = None, **kwargs: Any):
     """Fine-tune a pretrained run on a labelled task (task="classify" | "ner" | "qa")."""
-    from lmforge.finetuning import finetune as _finetune
+    from lmforge.finetuning import finetune as run_finetuning
 
-    return _finetune(config, **kwargs)
+    return run_finetuning(config, **kwargs)
 
 
-def predict(run: Any, input: str | Path, output: str | Path | None = None, **kwargs: Any) -> dict:
+def info(run: Any) -> dict[str, Any]:
+    """Size and shape of a run (path or loaded): parameters, FLOPs per token, tokenizer vocabulary,
+    model config, the task and labels of a task run, and the run's summary.json when it has one."""
+    from lmforge.config import to_dict
+    from lmforge.finetuning import TaskRun
+
+    loaded = _opened(run, "cpu")
+    model = loaded.model
+    if isinstance(loaded, TaskRun):
+        model_config = model.config
+        kind = {"task": loaded.config.task, "labels": len(loaded.labels), "backbone": loaded.config.model}
+    else:
+        model_config, kind = loaded.model_config, {}
+    result = {
+        "run": str(loaded.run_dir),
+        **kind,
+        "parameters": model.num_params(),
+        "non_embedding_parameters": model.num_params(non_embedding=True),
+        "flops_per_token": model.flops_per_token(model_config.max_len),
+        "tokenizer_vocab": loaded.tokenizer.vocab_size,
+        "model": to_dict(model_config),
+    }
+    summary = Path(loaded.run_dir) / "summary.json"
+    if summary.is_file():
+        from lmforge.utils.io import read_json
+
+        result["summary"] = read_json(summary)
+    return result
+
+
+def predict(
+    run: Any,
+    input: str | Path,
+    output: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    device: Any = "cpu",
+) -> dict:
     """Predictions of a fine-tuned task run on a file, written as JSONL / CoNLL / SQuAD JSON."""
-    from lmforge.finetuning import predict as _predict
+    from lmforge.finetuning import predict as predict_task
+    from lmforge.utils.device import resolve_device
 
-    return _predict(run, input, output, **kwargs)
+    return predict_task(run, input, output, batch_size=batch_size, device=resolve_device(device))
 
 
-def evaluate(run: Any, data: Any, **kwargs: Any):
+def evaluate(run: Any, data: Any, *, device: Any = "cpu", **options: Any):
     """Scores of a run (path or loaded) on held-out data: loss, perplexity and bits per byte for a
     causal LM; masked-token loss/accuracy and NSP/SOP accuracy for a masked-LM encoder; the task's
-    metrics (accuracy / macro-F1, entity P/R/F1, EM/F1) for a fine-tuned task run."""
-    from lmforge.finetuning import TaskRun, evaluate_task, is_task_run
+    metrics (accuracy / macro-F1, entity P/R/F1, EM/F1) for a fine-tuned task run.
 
-    if isinstance(run, TaskRun) or (isinstance(run, (str, Path)) and is_task_run(run)):
-        return evaluate_task(run, data, **kwargs)
-    lm = load(run) if isinstance(run, (str, Path)) else run
-    if lm.model_config.arch == "encoder":
-        from lmforge.eval.masked import evaluate_masked
-
-        return evaluate_masked(lm, data, **kwargs)
+    `options` go to that evaluation: batch_size, txt_unit, text_field and encoding for a language
+    model (stride for a causal one, seed for a masked one); batch_size and report for a task run.
+    """
+    from lmforge.eval.masked import evaluate_masked
     from lmforge.eval.perplexity import evaluate_lm
+    from lmforge.finetuning import TaskRun, evaluate_task
 
-    return evaluate_lm(lm, data, **kwargs)
+    loaded = _opened(run, device)
+    if isinstance(loaded, TaskRun):
+        scorer, what = evaluate_task, "a fine-tuned task run"
+    elif loaded.model_config.arch == "encoder":
+        scorer, what = evaluate_masked, "a masked-LM run"
+    else:
+        scorer, what = evaluate_lm, "a causal LM run"
+    _check_options(scorer, options, what)
+    return scorer(loaded, data, **options)
 
 
-def fill_mask(run: Any, text: str, *, top_k: int = 5):
+def _check_options(fn: Callable[..., Any], options: dict[str, Any], what: str) -> None:
+    """An option `fn` does not take is the caller's mistake: name it, rather than fail inside `fn`."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    taken = sorted(name for name, p in params.items() if p.kind is p.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise LmforgeError(f"option '{unknown[0]}' does not apply to {what}; it takes {', '.join(taken)}")
+
+
+def fill_mask(run: Any, text: str, *, top_k: int = 5, device: Any = "cpu"):
     """For each [MASK] in `text`, the top_k predictions (token, token_id, score, text) of a masked-LM run."""
-    from lmforge.infer.fill_mask import fill_mask as _fill
+    from lmforge.infer.fill_mask import fill_mask as predict_masks
 
-    lm = load(run) if isinstance(run, (str, Path)) else run
-    return _fill(lm.model, lm.tokenizer, text, top_k=top_k)
-
-
-def generate(run: Any, prompt: str, **options: Any) -> str:
-    """Completion of `prompt` by a run (path or loaded); options as GenerationConfig fields."""
-    lm = load(run) if isinstance(run, (str, Path)) else run
-    return lm.generate(prompt, **options)
+    lm = _language_model(run, device)
+    return predict_masks(lm.model, lm.tokenizer, text, top_k=top_k)
 
 
-def export_hf(run: Any, out: str | Path) -> Path:
-    from lmforge.interop.hf import export_hf as _export
+def generate_stream(run: Any, prompt: str, *, device: Any = "cpu", **options: Any) -> Iterator[str]:
+    """The completion of `prompt` by a run (path or loaded), piece by piece as soon as each is
+    printable; options as GenerationConfig fields (strings are converted, as from the CLI)."""
+    from lmforge.config import from_dict
+    from lmforge.infer.generate import GenerationConfig, generate_text
 
-    lm = load(run) if isinstance(run, (str, Path)) else run
-    return _export(
-        lm.model, lm.tokenizer, out, pair_head=lm.config.get("objective") in ("mlm+nsp", "mlm+sop")
-    )
+    lm = _language_model(run, device)
+    return generate_text(lm.model, lm.tokenizer, prompt, from_dict(GenerationConfig, options))
 
 
-def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
+def generate(run: Any, prompt: str, *, device: Any = "cpu", **options: Any) -> str:
+    """The whole completion of `prompt` (without the prompt); options as for `generate_stream`."""
+    return "".join(generate_stream(run, prompt, device=device, **options))
+
+
+def export_hf(run: Any, out: str | Path, *, pair_head: bool | None = None) -> dict[str, Any]:
+    """Write a run (path or loaded) as a Hugging Face transformers checkpoint directory.
+
+    `pair_head` keeps an encoder's NSP/SOP head (BertForPreTraining); by default, when the run was
+    trained with one. Returns the directory and the transformers class that loads it.
+    """
+    from lmforge.interop.hf import export_hf as write_hf
+
+    lm = _language_model(run, "cpu")
+    if pair_head is None:
+        pair_head = lm.config.get("objective") in ("mlm+nsp", "mlm+sop")
+    path = write_hf(lm.model, lm.tokenizer, out, pair_head=pair_head)
+    if lm.model_config.arch != "encoder":
+        load_with = "AutoModelForCausalLM"
+    else:
+        load_with = "BertForPreTraining" if pair_head else "AutoModelForMaskedLM"
+    return {"out": str(path), "load_with": load_with}
+
+
+def import_hf(hf_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
     """Import a Hugging Face GPT-2/Llama/Mistral/BERT directory as a run directory."""
     from lmforge.interop.hf import import_run
 
-    return import_run(hf_dir, run_dir)[1]
+    model, path = import_run(hf_dir, run_dir)
+    return {"run": str(path), "parameters": model.num_params()}
 
 
 def compare(models: Any, data: Any, **kwargs: Any):
     """Per-word perplexity and bits per byte of ARPA files and runs on one text (comparable across
     tokenizers); options as `lmforge.eval.compare.compare`."""
-    from lmforge.eval.compare import compare as _compare
+    from lmforge.eval.compare import compare as score_all
 
-    return _compare(models, data, **kwargs)
+    return score_all(models, data, **kwargs)
 
 
-def scaling(data: Any, sizes: Any, out: str | Path, **kwargs: Any):
-    """Train a ladder of decoder sizes on `data` and fit L(N) = a * N^-alpha + c; see `lmforge.scaling`."""
-    from lmforge.scaling import scaling as _scaling
+def scaling_ladder(data: Any, sizes: Any, out: str | Path, **kwargs: Any):
+    """Train a ladder of decoder sizes on `data` and fit L(N) = a * N^-alpha + c; see `lmforge.scaling`.
 
-    return _scaling(data, sizes, out, **kwargs)
+    Not called `scaling`: importing the module `lmforge.scaling` would replace a function of that name.
+    """
+    from lmforge.scaling import scaling
+
+    return scaling(data, sizes, out, **kwargs)
+
+
+def train_ngram(data: Any, **kwargs: Any):
+    """Count and smooth an n-gram model on text files (one sentence per line), optionally writing ARPA."""
+    from lmforge.ngram.train import train_ngram as count_and_smooth
+
+    return count_and_smooth(data, **kwargs)
+
+
+def evaluate_ngram(model: Any, data: Any):
+    """Perplexity of an n-gram model (ARPA path or loaded) on text files, as KenLM counts it."""
+    from lmforge.ngram.model import NGramLM
+
+    lm = NGramLM.load(model) if isinstance(model, (str, Path)) else model
+    return lm.perplexity_file(data)

@@ -490,13 +490,6 @@ def write_task_run(
     labels.save(run_dir / "labels.json")
 
 
-def is_task_run(run_dir: str | Path) -> bool:
-    """Whether `run_dir` holds a fine-tuned task run."""
-    from lmforge.run import read_run
-
-    return (Path(run_dir) / "config.yaml").is_file() and read_run(run_dir).kind == "task"
-
-
 def load_task(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TaskRun:
     """Load a fine-tuned task run (its head and labels included), ready for predict/evaluate."""
     from lmforge.models import build_model

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import torch
 
-from lmforge.config import coerce, config_source, deep_merge, from_dict, load_yaml, saved_run_config, to_dict
-from lmforge.data.clean import CleanConfig
+from lmforge.config import coerce, config_source, deep_merge, from_dict, load_yaml, to_dict
 from lmforge.data.masking import MaskingConfig
+from lmforge.data.prep import PrepConfig
 from lmforge.errors import LmforgeError
 from lmforge.models.config import BASELINE_ARCHS, Arch, ModelConfig
 from lmforge.objectives.electra import ElectraConfig
@@ -26,17 +26,6 @@ from lmforge.objectives.plm import PLMConfig
 from lmforge.tokenizer import TokenizerConfig
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import TrainResult
-
-
-@dataclass
-class PrepConfig:
-    val_fraction: float = (
-        0.005  # share of documents (or of the tail, for one long text) held out for validation
-    )
-    txt_unit: Literal["file", "paragraph", "line"] = "file"  # what one document is in a .txt file
-    text_field: str = "text"  # the field holding the text in .jsonl / .parquet
-    encoding: str = "utf-8"  # encoding of text files (e.g. gbk, utf-16)
-    clean: CleanConfig = field(default_factory=CleanConfig)
 
 
 @dataclass
@@ -69,7 +58,9 @@ def build_config(
     resume_from: Path | None = None,
 ) -> PretrainConfig:
     """defaults < saved run config (on resume) < YAML/dict `config` < `overrides`."""
-    data = saved_run_config(resume_from) if resume_from is not None else {}
+    from lmforge.run import saved_config
+
+    data = saved_config(resume_from) if resume_from is not None else {}
     data = deep_merge(deep_merge(data, config_source(config)), overrides or {})
     if data.get("arch") is not None:  # the `arch` shortcut: moved into model.arch before it is validated
         coerce(data["arch"], Arch, "arch")
@@ -180,14 +171,12 @@ def pretrain(
 def run_pretraining(
     cfg: PretrainConfig, *, resume: bool = False, sample_prompt: str | None = None
 ) -> TrainResult:
-    import yaml
-
+    """The pretraining workflow on a built config: data, model, objective, Trainer, report."""
     from lmforge.data.shards import Shards
     from lmforge.objectives import setup_objective
-    from lmforge.run import check_vocab, model_config_of
+    from lmforge.run import model_kind, start_training_run, write_run_config
     from lmforge.train.parallel import setup_distributed, teardown_distributed
     from lmforge.train.trainer import Trainer
-    from lmforge.utils.io import atomic_write_text
 
     tcfg = cfg.train
     if tcfg.threads > 0:
@@ -195,73 +184,69 @@ def run_pretraining(
     info, device = setup_distributed(tcfg.device)
     run_dir = Path(cfg.out)
     try:
-        if resume and not (run_dir / "train_state").is_dir():
-            raise LmforgeError(f"{run_dir}: no train_state/ to resume from; drop --resume to start a new run")
-        if not resume and (run_dir / "train_state").is_dir():
-            raise LmforgeError(
-                f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
-            )
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        info.barrier()
-
+        start_training_run(run_dir, resume=resume, is_main=info.is_main, barrier=info.barrier)
         shards = Shards.open(_prepare_data(cfg, run_dir, info.is_main, info.barrier))
         tokenizer = shards.tokenizer()
-        resolve_arch(cfg)
-        if cfg.model.vocab_size == 0:
-            cfg.model = from_dict(
-                ModelConfig, {**to_dict(cfg.model), "vocab_size": _round_up(tokenizer.vocab_size)}
-            )
-        check_vocab(cfg.model, tokenizer, f"--model.vocab_size={cfg.model.vocab_size}")
-        if resume:
-            saved_model, _ = model_config_of(run_dir)
-            if to_dict(saved_model) != to_dict(cfg.model):
-                changed = [k for k, v in to_dict(cfg.model).items() if to_dict(saved_model)[k] != v]
-                raise LmforgeError(
-                    f"--model.{changed[0]} differs from the run being resumed ({run_dir}/config.yaml); "
-                    "a run's model cannot change on resume: start a new --out instead"
-                )
+        seq_len = _settle_model(cfg, tokenizer, run_dir, resume)
         if info.is_main:
             # The saved config is itself a valid --config (raw data is found again as <out>/data).
-            saved = to_dict(cfg)
-            atomic_write_text(
-                run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False, allow_unicode=True)
-            )
+            write_run_config(run_dir, model_kind(cfg.model), to_dict(cfg))
             tokenizer.save(run_dir / "tokenizer.json")
-
-        seq_len = tcfg.seq_len or cfg.model.max_len
-        if seq_len > cfg.model.max_len:
-            raise LmforgeError(
-                f"train.seq_len={seq_len} exceeds model.max_len={cfg.model.max_len}; lower one or raise the other"
-            )
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank and every run
         setup = setup_objective(cfg, shards, seq_len, info, device)
-        model, flops = setup.model, setup.flops_per_token
         torch.manual_seed(tcfg.seed + info.rank)  # dropout differs across ranks
-        val = shards.tokens("val")
         trainer = Trainer(
-            model, setup.batches, tcfg, run_dir, val_batches=setup.val_batches, objective=setup.objective,
-            device=device, dist=info, flops_per_token=flops,
+            setup.model, setup.batches, tcfg, run_dir, val_batches=setup.val_batches, objective=setup.objective,
+            device=device, dist=info, flops_per_token=setup.flops_per_token,
         )  # fmt: skip
         if info.is_main:
-            n = model.num_params()
-            print(
-                f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters "
-                f"({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), {flops / 1e6:.1f} MFLOPs/token; "
-                f"objective {cfg.objective}; data: {len(shards.tokens('train')):,} train / {len(val):,} val tokens; "
-                f"device {device}, precision {trainer.precision}",
-                flush=True,
-            )
+            _print_plan(cfg, setup, shards, device, trainer.precision)
         result = trainer.fit(resume=resume)
         if info.is_main and sample_prompt is not None and cfg.model.arch == "decoder":
-            from lmforge.infer.generate import GenerationConfig, generate
-            from lmforge.models.weights import load_weights
-
-            load_weights(model, run_dir / "model.safetensors")  # the weights users get: best validation loss
-            model.eval()
-            gen = GenerationConfig(max_new_tokens=60, temperature=0.8, top_p=0.95, seed=tcfg.seed)
-            result_sample = generate(model, tokenizer, sample_prompt, gen)
-            print(f"\nsample> {sample_prompt}{result_sample}\n", flush=True)
+            _print_sample(setup.model, tokenizer, run_dir, sample_prompt, tcfg.seed)
         return result
     finally:
         teardown_distributed()
+
+
+def _settle_model(cfg: PretrainConfig, tokenizer: Any, run_dir: Path, resume: bool) -> int:
+    """Fix the model config against the data (architecture, vocabulary); returns the training seq_len."""
+    from lmforge.run import check_unchanged_model, check_vocab
+
+    resolve_arch(cfg)
+    if cfg.model.vocab_size == 0:
+        cfg.model = from_dict(
+            ModelConfig, {**to_dict(cfg.model), "vocab_size": _round_up(tokenizer.vocab_size)}
+        )
+    check_vocab(cfg.model, tokenizer, f"--model.vocab_size={cfg.model.vocab_size}")
+    if resume:
+        check_unchanged_model(run_dir, cfg.model)
+    seq_len = cfg.train.seq_len or cfg.model.max_len
+    if seq_len > cfg.model.max_len:
+        raise LmforgeError(
+            f"train.seq_len={seq_len} exceeds model.max_len={cfg.model.max_len}; lower one or raise the other"
+        )
+    return seq_len
+
+
+def _print_plan(cfg: PretrainConfig, setup: Any, shards: Any, device: torch.device, precision: str) -> None:
+    model, flops = setup.model, setup.flops_per_token
+    n = model.num_params()
+    print(
+        f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters "
+        f"({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), {flops / 1e6:.1f} MFLOPs/token; "
+        f"objective {cfg.objective}; data: {len(shards.tokens('train')):,} train / "
+        f"{len(shards.tokens('val')):,} val tokens; device {device}, precision {precision}",
+        flush=True,
+    )
+
+
+def _print_sample(model: Any, tokenizer: Any, run_dir: Path, prompt: str, seed: int) -> None:
+    """A completion from the weights users get (the best validation loss), as the run's last line."""
+    from lmforge.infer.generate import GenerationConfig, generate
+    from lmforge.models.weights import load_weights
+
+    load_weights(model, run_dir / "model.safetensors")
+    model.eval()
+    gen = GenerationConfig(max_new_tokens=60, temperature=0.8, top_p=0.95, seed=seed)
+    print(f"\nsample> {prompt}{generate(model, tokenizer, prompt, gen)}\n", flush=True)

@@ -52,7 +52,7 @@ class RunInfo:
 
 
 def _lmforge_version() -> str:
-    from lmforge import __version__
+    from lmforge.version import __version__
 
     return __version__
 

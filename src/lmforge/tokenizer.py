@@ -13,7 +13,7 @@ Five kinds, chosen for how they treat text (Chinese included):
   whitespace is unified, every CJK character becomes its own word (as in BERT-Chinese) and, with
   ``lowercase=True``, text is lowercased and accents are stripped as in ``bert-base-uncased``.
   Decoding therefore returns the normalised text with spaces between words and punctuation;
-  the spaces it would put around CJK characters are removed again (see `_join_cjk`).
+  the spaces it would put around CJK characters are removed again (see `join_cjk`).
 * ``unigram``: a SentencePiece-style unigram LM over Metaspace (``▁`` marks spaces), which needs
   no word boundaries and so suits Chinese well. Characters never seen in training become `<unk>`.
 * ``char``: one token per Unicode character; characters outside the vocabulary become `<unk>`.
@@ -51,7 +51,7 @@ from lmforge.errors import LmforgeError
 from lmforge.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from lmforge.data.clean import CleanConfig
+    from lmforge.text.clean import CleanConfig
 
 TokenizerKind = Literal["bpe", "wordpiece", "unigram", "char", "word"]
 KINDS: tuple[str, ...] = ("bpe", "wordpiece", "unigram", "char", "word")
@@ -100,7 +100,7 @@ _SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
 _SPACE_BY_CJK = re.compile(f"(?<=[{_CJK}]) | (?=[{_CJK}])")
 
 
-def _join_cjk(text: str) -> str:
+def join_cjk(text: str) -> str:
     """Undo WordPiece's spaces around CJK characters.
 
     Spaces between two CJK characters always go. In mostly-Chinese text, spaces between a CJK
@@ -124,9 +124,9 @@ class TokenizerConfig:
     # words, closed vocabulary); "auto" in a pretraining config picks bpe for causal LM and wordpiece
     # for the masked-LM objectives.
     kind: Literal["auto", "bpe", "wordpiece", "unigram", "char", "word"] = "bpe"
-    vocab_size: int = 8000
-    min_frequency: int = 2
-    lowercase: bool = False
+    vocab_size: int = 8000  # vocabulary size, special tokens included
+    min_frequency: int = 2  # ignore merges/pieces seen fewer times
+    lowercase: bool = False  # lowercase text before tokenizing
 
     def validate(self) -> None:
         """Fail before a long training run, naming the key and the fix."""
@@ -442,7 +442,7 @@ class Tokenizer:
         """Text of `ids`. For wordpiece, the spaces decoding puts around CJK characters are removed."""
         text = self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
         if self.kind == "wordpiece":
-            text = _join_cjk(text)
+            text = join_cjk(text)
         return text
 
     def token_to_id(self, tok: str) -> int | None:
@@ -490,8 +490,8 @@ def train_tokenizer(
     Documents are streamed through the same cleaner as `lmforge prepare`, so the tokenizer learns
     from exactly the text it will later encode (normalised, deduplicated, filtered).
     """
-    from lmforge.data.clean import Cleaner
-    from lmforge.data.corpus import read_documents
+    from lmforge.text.clean import Cleaner
+    from lmforge.text.corpus import read_documents
 
     cfg = TokenizerConfig(kind=kind, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase)
     cfg.validate()  # before reading a possibly large corpus

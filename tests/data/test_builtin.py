@@ -25,9 +25,9 @@ from lmforge.data.builtin import (
     builtin_corpus_path,
     module_text,
 )
-from lmforge.data.clean import Cleaner
-from lmforge.data.corpus import Document
 from lmforge.errors import LmforgeError
+from lmforge.text.clean import Cleaner
+from lmforge.text.corpus import Document
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,8 @@ _SCRIPT = f"""
 import hashlib
 from lmforge.data import builtin
 from lmforge.data.builtin import module_text
-from lmforge.data.clean import Cleaner
-from lmforge.data.corpus import Document
+from lmforge.text.clean import Cleaner
+from lmforge.text.corpus import Document
 {inspect.getsource(subset_digest)}
 print(subset_digest())
 """

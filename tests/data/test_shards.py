@@ -15,10 +15,10 @@ import pytest
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
-from lmforge.data.clean import CleanConfig, Cleaner
-from lmforge.data.corpus import Document, read_documents
 from lmforge.data.shards import MIN_DOCS_FOR_DOCUMENT_SPLIT, Shards, is_shard_dir, is_val_document, prepare
 from lmforge.errors import LmforgeError
+from lmforge.text.clean import CleanConfig, Cleaner
+from lmforge.text.corpus import Document, read_documents
 from lmforge.tokenizer import Tokenizer, TokenizerConfig
 from lmforge.utils.shared_data import shared_data_path
 
@@ -201,7 +201,7 @@ def test_continuation_chunks_get_one_eos(
         for i, t in enumerate(texts[1:]):
             yield Document(t, f"doc{i}", 0)
 
-    monkeypatch.setattr("lmforge.data.corpus.read_documents", fake_read)
+    monkeypatch.setattr("lmforge.text.corpus.read_documents", fake_read)
     clean = CleanConfig(normalize=False)
     m = prepare("virtual", tok, tmp_path / "shards", clean=clean, val_fraction=0.0, show_progress=False)
     shards = Shards.open(tmp_path / "shards")

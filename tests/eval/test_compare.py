@@ -21,9 +21,9 @@ from lmforge.eval.compare import (
     ngram_nll,
     per_word_perplexity,
     read_text,
-    score_carried,
     score_ngram,
 )
+from lmforge.eval.scoring import score_carried
 from lmforge.models.config import ModelConfig
 from lmforge.ngram import NGramLM
 from lmforge.run import LM

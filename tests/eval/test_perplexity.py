@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.eval.perplexity import evaluate_lm, score_stream, token_stream
+from lmforge.eval.perplexity import evaluate_lm
+from lmforge.eval.scoring import score_stream, token_stream
 from lmforge.models import build_model
 from lmforge.models.config import ModelConfig
 from lmforge.run import LM
@@ -64,8 +65,7 @@ def test_bits_per_byte_and_stream_layout(tmp_path):
 
 def test_recurrent_runs_are_scored_with_carried_state(tmp_path, tiny_corpus):
     import lmforge
-    from lmforge.eval.compare import score_carried
-    from lmforge.eval.perplexity import evaluate_lm, token_stream
+    from lmforge.eval.scoring import score_carried
 
     run = tmp_path / "lstm"
     lmforge.pretrain(data=str(tiny_corpus), out=str(run), **{

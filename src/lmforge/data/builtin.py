@@ -26,9 +26,9 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmforge.data.clean import CleanConfig, Cleaner
-from lmforge.data.corpus import Document
 from lmforge.errors import LmforgeError
+from lmforge.text.clean import CleanConfig, Cleaner
+from lmforge.text.corpus import Document
 from lmforge.utils.io import atomic_path, atomic_write_json, read_json
 
 # Bump when the harvesting rules change so stale caches are rebuilt rather than reused.

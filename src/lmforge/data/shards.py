@@ -341,6 +341,62 @@ def _batches(
         yield batch
 
 
+def _packing_tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
+    """The tokenizer to encode with, which must have an end-of-text token to close each document."""
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
+    if tok.eos_id is None:
+        raise LmforgeError(
+            "the tokenizer has no end-of-text token (<|endoftext|>, </s>, [SEP] ...) to separate documents; "
+            "train one with `lmforge tokenizer train` or add such a special token"
+        )
+    return tok
+
+
+def _pack(packer: _Packer, batches: Iterable[_Batch], show_progress: bool) -> None:
+    """Encode and append every batch: one batch encodes on a worker thread while the next is read
+    and cleaned, with at most `_IN_FLIGHT` queued so memory stays bounded."""
+    start = time.perf_counter()
+    n_docs = 0
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lmforge-pack")
+    try:
+        with _progress(show_progress) as bar:
+            pending: deque[Future[None]] = deque()
+            for batch in batches:
+                while len(pending) >= _IN_FLIGHT:
+                    pending.popleft().result()
+                pending.append(pool.submit(packer.pack, batch))
+                n_docs += sum(batch.new_doc)
+                bar.update(sum(batch.nbytes))
+                rate = n_docs / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{n_docs:,} docs, {rate:,.0f} docs/s", refresh=False)
+            while pending:
+                pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on error, do not encode what is queued
+    packer.finish()
+
+
+def _finish_splits(
+    tmp: Path, writers: dict[bool, _SplitWriter], dtype: np.dtype, val_fraction: float
+) -> tuple[bool, dict[str, dict[str, Any]]]:
+    """Whether the split is by position (too few documents, or one side empty), and the splits'
+    manifest entries; the side files the writers kept are removed."""
+    docs_total = writers[False].documents + writers[True].documents
+    by_position = val_fraction > 0 and (
+        docs_total < MIN_DOCS_FOR_DOCUMENT_SPLIT
+        or not writers[True].documents
+        or not writers[False].documents
+    )
+    if by_position:
+        splits = _finish_by_position(tmp, writers, dtype, val_fraction)
+    else:
+        splits = _finish_by_document(tmp, writers)
+    for name in SPLITS:
+        for side in (f".{name}.starts", f".{name}.docbytes"):
+            (tmp / side).unlink(missing_ok=True)
+    return by_position, splits
+
+
 def prepare(
     data: Any,
     tokenizer: Tokenizer | str | Path,
@@ -359,19 +415,14 @@ def prepare(
     The API twin of `lmforge prepare --data corpus/ --tokenizer tok.json --out shards/`. `clean` is
     a `CleanConfig` (None = defaults). Memory stays flat whatever the corpus size.
     """
-    from lmforge.data.clean import Cleaner
-    from lmforge.data.corpus import read_documents
+    from lmforge.text.clean import Cleaner
+    from lmforge.text.corpus import read_documents
 
     if not 0.0 <= float(val_fraction) < 1.0:
         raise LmforgeError(f"val_fraction={val_fraction} must be in [0, 1), e.g. 0.005")
     if int(batch_docs) < 1:
         raise LmforgeError(f"batch_docs={batch_docs} must be at least 1")
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
-    if tok.eos_id is None:
-        raise LmforgeError(
-            "the tokenizer has no end-of-text token (<|endoftext|>, </s>, [SEP] ...) to separate documents; "
-            "train one with `lmforge tokenizer train` or add such a special token"
-        )
+    tok = _packing_tokenizer(tokenizer)
     out = Path(out)
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -387,46 +438,15 @@ def prepare(
     try:
         writers = {False: _SplitWriter(tmp, "train", dtype), True: _SplitWriter(tmp, "val", dtype)}
         packer = _Packer(tok, writers, dtype)
-        start = time.perf_counter()
-        n_docs = 0
-        pool = ThreadPoolExecutor(1, thread_name_prefix="lmforge-pack")
-        try:
-            with _progress(show_progress) as bar:
-                pending: deque[Future[None]] = deque()
-                for batch in _batches(docs, float(val_fraction), int(batch_docs)):
-                    while len(pending) >= _IN_FLIGHT:
-                        pending.popleft().result()
-                    pending.append(pool.submit(packer.pack, batch))
-                    n_docs += sum(batch.new_doc)
-                    bar.update(sum(batch.nbytes))
-                    rate = n_docs / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix_str(f"{n_docs:,} docs, {rate:,.0f} docs/s", refresh=False)
-                while pending:
-                    pending.popleft().result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # on error, do not encode what is queued
-        packer.finish()
+        _pack(packer, _batches(docs, float(val_fraction), int(batch_docs)), show_progress)
         for w in writers.values():
             w.close()
-        total = writers[False].tokens + writers[True].tokens
-        if total == 0:
+        if writers[False].tokens + writers[True].tokens == 0:
             raise LmforgeError(
                 f"no text left to tokenize in {data!r} after cleaning; check --data and --text_field, "
                 "or loosen the cleaning filters"
             )
-        docs_total = writers[False].documents + writers[True].documents
-        by_position = val_fraction > 0 and (
-            docs_total < MIN_DOCS_FOR_DOCUMENT_SPLIT
-            or not writers[True].documents
-            or not writers[False].documents
-        )
-        if by_position:
-            splits = _finish_by_position(tmp, writers, dtype, float(val_fraction))
-        else:
-            splits = _finish_by_document(tmp, writers)
-        for name in SPLITS:
-            for side in (f".{name}.starts", f".{name}.docbytes"):
-                (tmp / side).unlink(missing_ok=True)
+        by_position, splits = _finish_splits(tmp, writers, dtype, float(val_fraction))
         tok.save(tmp / TOKENIZER)
         manifest = {
             "format": FORMAT,

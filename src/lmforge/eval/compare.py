@@ -30,7 +30,6 @@ tokens it predicts are exactly the W events, and its per-word perplexity is its 
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -38,11 +37,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
+from lmforge.eval.scoring import score_carried, score_stream, takes_state, token_stream
 
 LN10 = math.log(10.0)
 
@@ -195,11 +193,9 @@ def neural_nll(
 ) -> tuple[float, int]:
     """Total NLL (nats) and predicted tokens of a loaded causal run on lines, eos after every line.
 
-    The stream is `[eos] line1 [eos] line2 [eos] ...` (`lmforge.eval.perplexity.token_stream` with
+    The stream is `[eos] line1 [eos] line2 [eos] ...` (`lmforge.eval.scoring.token_stream` with
     one line per document); every token after the leading eos is predicted and summed.
     """
-    from lmforge.eval.perplexity import score_stream, token_stream
-
     if lm.tokenizer.eos_id is None:
         raise LmforgeError(
             f"{lm.run_dir}/tokenizer.json has no end-of-text token, so the end of each line cannot be "
@@ -213,57 +209,13 @@ def neural_nll(
     return score_stream(model, ids, context=context, stride=stride, batch_size=batch_size, device=lm.device)
 
 
-def takes_state(model: torch.nn.Module) -> bool:
-    """Whether `model(idx, state)` carries a state across windows (the recurrent baselines)."""
-    try:
-        return "state" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@torch.no_grad()
-def score_carried(
-    model: torch.nn.Module,
-    ids: np.ndarray,
-    *,
-    context: int,
-    streams: int = 8,
-    device: torch.device | str = "cpu",
-) -> tuple[float, int]:
-    """Total NLL and scored tokens of a stateful model, its state carried from window to window.
-
-    The targets are cut into `streams` contiguous pieces read side by side, window after window
-    of `context` tokens, each window starting from the state the previous one ended in; so a token
-    has the whole of its piece before it as history (only `streams` - 1 points restart from a
-    fresh state), which is how recurrent LMs are evaluated. Every target is scored exactly once.
-    """
-    n = len(ids) - 1  # targets
-    if n < 1:
-        return 0.0, 0
-    B = max(1, min(int(streams), n // max(context, 1) or 1))
-    seg = -(-n // B)
-    pad = B * seg - n
-    src = np.concatenate([ids, np.zeros(pad, dtype=ids.dtype)])
-    x_all = torch.from_numpy(src[:-1].reshape(B, seg)).to(device)
-    y_all = torch.from_numpy(src[1:].reshape(B, seg)).to(device)
-    valid = (torch.arange(B * seg, device=device) < n).view(B, seg)
-    total, state = torch.zeros((), dtype=torch.float64, device=device), None
-    for t in range(0, seg, context):
-        out = model(x_all[:, t : t + context], state)
-        logits, state = out[0], out[1]
-        y = y_all[:, t : t + context]
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        total += (nll.view_as(y) * valid[:, t : t + context]).sum().double()
-    return float(total), n
-
-
 def score_run(
     run_dir: str | Path, lines: list[str], stats: TextStats, *, device: str = "auto", batch_size: int = 8,
     stride: int | None = None, name: str | None = None,
 ) -> ModelScore:  # fmt: skip
     """A run directory's scores (any causal arch `lmforge.load` builds)."""
     from lmforge.run import load
-    from lmforge.train.parallel import resolve_device
+    from lmforge.utils.device import resolve_device
 
     t0 = time.perf_counter()
     lm = load(run_dir, device=resolve_device(device))

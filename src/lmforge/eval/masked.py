@@ -49,16 +49,16 @@ def document_tokens(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.nd
 
 @torch.no_grad()
 def evaluate_masked(
-    lm: Any, data: Any, *, batch_size: int = 16, txt_unit: str = "file", text_field: str = "text",
+    lm: Any, data: Any, *, batch_size: int = 8, txt_unit: str = "file", text_field: str = "text",
     encoding: str = "utf-8", seed: int = 0,
 ) -> MaskedEvalResult:  # fmt: skip
     """Masked-LM metrics of a loaded encoder run (`lmforge.load`) on held-out text."""
     from lmforge.config import from_dict
-    from lmforge.data.corpus import read_documents
     from lmforge.data.masking import MaskingConfig
     from lmforge.data.mlm_batches import MaskedLMBatches
-    from lmforge.infer.fill_mask import _masked_lm
+    from lmforge.infer.fill_mask import masked_lm
     from lmforge.objectives.mlm import MODES
+    from lmforge.text.corpus import read_documents
 
     objective = lm.config.get("objective", "mlm")
     if objective not in MODES and objective != "electra":
@@ -79,7 +79,7 @@ def evaluate_masked(
     if not texts:
         raise LmforgeError(f"{data}: no text to evaluate on; give a file with held-out text")
     tokens, offsets = document_tokens(lm.tokenizer, texts)
-    model = _masked_lm(lm.model).eval()
+    model = masked_lm(lm.model).eval()
     seq_len = lm.config.get("train", {}).get("seq_len") or model.config.max_len
     src = MaskedLMBatches(
         tokens, offsets, lm.tokenizer, min(seq_len, model.config.max_len), batch_size, mode=mode,

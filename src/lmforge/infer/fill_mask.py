@@ -30,7 +30,7 @@ class Prediction:
 MASK_LITERAL = "[MASK]"
 
 
-def _masked_lm(model: torch.nn.Module) -> torch.nn.Module:
+def masked_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The module with the masked-LM head: an Encoder, or the generator of an ELECTRA model."""
     if hasattr(model, "mlm_logits"):
         return model
@@ -47,7 +47,7 @@ def fill_mask(model: torch.nn.Module, tokenizer: Any, text: str, *, top_k: int =
     """For each mask in `text` (left to right), the `top_k` predictions, most likely first."""
     if top_k < 1:
         raise LmforgeError(f"--top_k must be at least 1, got {top_k}")
-    mlm = _masked_lm(model)
+    mlm = masked_lm(model)
     mask_token = tokenizer.special_tokens.get("mask")
     if tokenizer.mask_id is None or mask_token is None:
         raise LmforgeError("the run's tokenizer has no mask token; fill-mask needs a masked-LM run")
@@ -87,4 +87,4 @@ def fill_mask(model: torch.nn.Module, tokenizer: Any, text: str, *, top_k: int =
     return results
 
 
-__all__ = ["MASK_LITERAL", "Prediction", "fill_mask"]
+__all__ = ["MASK_LITERAL", "Prediction", "fill_mask", "masked_lm"]

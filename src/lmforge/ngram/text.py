@@ -1,6 +1,6 @@
 """Read text files as sentences: one per line, every line kept (an empty line is an empty sentence).
 
-Files go through `lmforge.data.corpus.read_documents`, so an n-gram model accepts the same inputs as
+Files go through `lmforge.text.corpus.read_documents`, so an n-gram model accepts the same inputs as
 the rest of lmforge (a file, a directory, a glob, .gz, a byte-order mark) and fails the same way on
 binary or mis-encoded files. Lines are not stripped of their blank neighbours: KenLM and the usual
 WikiText convention both give an empty line its own `</s>`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lmforge.data.corpus import read_documents
+from lmforge.text.corpus import read_documents
 
 
 def read_lines(data: str | Path | Sequence[str | Path], encoding: str = "utf-8") -> Iterator[str]:

@@ -40,7 +40,8 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.weights import unwrap
-from lmforge.objectives.base import Objective, ObjectiveSetup
+from lmforge.objectives.base import Objective, ObjectiveSetup, batch_rows
+from lmforge.objectives.clm import perplexity
 from lmforge.objectives.losses import linear_cross_entropy
 
 
@@ -122,7 +123,7 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
             )  # fmt: skip
 
     flops = plm_flops_per_token(model, seq_len, batches.n_predict)
-    return ObjectiveSetup(model, batches, val_batches, Objective("plm", plm_loss), flops)
+    return ObjectiveSetup(model, batches, val_batches, Objective("plm", plm_loss, batch_weight=batch_rows, derived=perplexity), flops)
 
 
 __all__ = ["PLMConfig", "plm_loss", "setup"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmforge.data.dedup import (
+from lmforge.errors import LmforgeError
+from lmforge.text.dedup import (
     LETTER,
     PUNCT,
     SPACE,
@@ -19,7 +20,6 @@ from lmforge.data.dedup import (
     mix64,
     shingle_batch,
 )
-from lmforge.errors import LmforgeError
 from lmforge.utils.shared_data import shared_data_path
 
 ARTICLE = (

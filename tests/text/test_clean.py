@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.data import clean
-from lmforge.data.clean import (
+from lmforge.errors import LmforgeError
+from lmforge.text import clean
+from lmforge.text.clean import (
     DROP_REASONS,
     CleanConfig,
     Cleaner,
@@ -17,8 +18,7 @@ from lmforge.data.clean import (
     normalize_text,
     scrub_pii,
 )
-from lmforge.data.corpus import Document, read_documents
-from lmforge.errors import LmforgeError
+from lmforge.text.corpus import Document, read_documents
 from lmforge.utils.shared_data import shared_data_path
 
 PROSE = (

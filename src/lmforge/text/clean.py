@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.data.corpus import Document
-from lmforge.data.dedup import (
+from lmforge.errors import LmforgeError
+from lmforge.text.corpus import Document
+from lmforge.text.dedup import (
     LETTER,
     PUNCT,
     SYMBOL,
@@ -31,7 +32,6 @@ from lmforge.data.dedup import (
     NearDuplicateIndex,
     shingle_batch,
 )
-from lmforge.errors import LmforgeError
 
 DROP_REASONS = ("empty", "too_short", "too_long", "symbols", "repetition", "duplicate", "near_duplicate")
 PII_KINDS = ("email", "phone", "ip")

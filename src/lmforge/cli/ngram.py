@@ -1,23 +1,23 @@
-"""`lmforge ngram train|eval`: thin calls into `lmforge.ngram`, registered by `lmforge.cli.build_parser`."""
+"""`lmforge ngram train|eval`: count and smooth an n-gram model into an ARPA file, and score one."""
 
 from __future__ import annotations
 
 import argparse
 import time
 import warnings
-from collections.abc import Callable
 
-from lmforge.ngram.smoothing import SMOOTHING_METHODS
+import lmforge
+from lmforge.cli.flags import NewCommand, add_json_flag
+from lmforge.cli.output import emit, format_fields
 
 
-def cmd_ngram_train(ns: argparse.Namespace, rest: list[str]) -> None:
-    from lmforge.cli import _emit, _fmt
-    from lmforge.ngram.train import train_ngram
-
+def cmd_ngram_train(ns: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(
+        record=True
+    ) as caught:  # shown in the report, after the numbers they qualify
         warnings.simplefilter("always")
-        lm = train_ngram(
+        lm = lmforge.train_ngram(
             ns.data, order=ns.order, smoothing=ns.smoothing, k=ns.k, min_count=ns.min_count,
             max_vocab=ns.max_vocab, lowercase=ns.lowercase, out=ns.out,
         )  # fmt: skip
@@ -36,25 +36,23 @@ def cmd_ngram_train(ns: argparse.Namespace, rest: list[str]) -> None:
     }
     shown = {k: v for k, v in result.items() if k not in ("out", "discounts", "ngrams")}
     shown["ngrams"] = " ".join(f"{n}:{c:,}" for n, c in enumerate(lm.ngram_counts(), 1))
-    human = f"saved {lm.order}-gram {lm.smoothing} model to {ns.out}\n" + _fmt(shown)
+    human = f"saved {lm.order}-gram {lm.smoothing} model to {ns.out}\n" + format_fields(shown)
     for w in caught:
         human += f"\nwarning: {w.message}"
-    _emit(result, ns.json, human)
+    emit(result, ns.json, human)
 
 
-def cmd_ngram_eval(ns: argparse.Namespace, rest: list[str]) -> None:
-    from lmforge.cli import _emit, _fmt
-    from lmforge.ngram.model import NGramLM
+def cmd_ngram_eval(ns: argparse.Namespace) -> None:
+    res = lmforge.evaluate_ngram(ns.model, ns.data).to_dict()
+    emit(
+        {"model": ns.model, "data": ns.data, **res},
+        ns.json,
+        f"{ns.model} on {ns.data}\n" + format_fields(res),
+    )
 
-    lm = NGramLM.load(ns.model)
-    res = lm.perplexity_file(ns.data)
-    result = {"model": ns.model, "data": ns.data, **res.to_dict()}
-    _emit(result, ns.json, f"{ns.model} on {ns.data}\n" + _fmt(res.to_dict()))
 
-
-def add_ngram_commands(new: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    """Register `ngram train` and `ngram eval` with the main parser (`new(name, help)` makes a command)."""
-    from lmforge.cli import _json_flag
+def add_ngram(new: NewCommand) -> None:
+    from lmforge.ngram.smoothing import SMOOTHING_METHODS
 
     ng = new("ngram", "n-gram language models: train (ARPA out) and evaluate perplexity")
     sub = ng.add_subparsers(dest="ngram_command", metavar="<action>", required=True)
@@ -74,12 +72,12 @@ def add_ngram_commands(new: Callable[[str, str], argparse.ArgumentParser]) -> No
     p.add_argument("--max_vocab", type=int, default=None, help="keep only the N most frequent words")
     p.add_argument("--lowercase", action="store_true", help="lowercase text (remembered by the model)")
     p.add_argument("--out", required=True, help="ARPA file to write (.gz to compress)")
-    _json_flag(p)
+    add_json_flag(p)
     p.set_defaults(func=cmd_ngram_train)
 
     what = "perplexity of an ARPA model on text (KenLM's convention: </s> counted, <s> not, OOVs included)"
     p = sub.add_parser("eval", help=what, description=what, allow_abbrev=False)
     p.add_argument("model", help="ARPA file (plain or .gz)")
     p.add_argument("--data", required=True, help="a text file, directory or glob; one sentence per line")
-    _json_flag(p)
+    add_json_flag(p)
     p.set_defaults(func=cmd_ngram_eval)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.data import corpus
-from lmforge.data.corpus import Document, EmptyInputWarning, read_documents, resolve_files
 from lmforge.errors import LmforgeError
+from lmforge.text import corpus
+from lmforge.text.corpus import Document, EmptyInputWarning, read_documents, resolve_files
 from lmforge.utils.shared_data import shared_data_path
 
 

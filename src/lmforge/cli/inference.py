@@ -1,0 +1,64 @@
+"""`lmforge generate` and `lmforge fill-mask`: a trained run's predictions for a text typed in."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import lmforge
+from lmforge.cli.flags import NewCommand, add_device_flag, add_json_flag
+from lmforge.cli.output import emit
+from lmforge.config import add_dataclass_flags, namespace_overrides
+
+
+def cmd_generate(ns: argparse.Namespace) -> None:
+    from lmforge.infer.generate import GenerationConfig
+
+    options = namespace_overrides(ns, GenerationConfig)
+    pieces = lmforge.generate_stream(ns.run, ns.prompt, device=ns.device, **options)
+    stream = (not ns.json and sys.stdout.isatty()) or ns.stream
+    if not ns.json:
+        print(ns.prompt, end="", flush=True)
+    completion = []
+    for piece in pieces:
+        completion.append(piece)
+        if stream:
+            print(piece, end="", flush=True)
+    text = "".join(completion)
+    if not ns.json:
+        print("" if stream else text, flush=True)
+    emit({"prompt": ns.prompt, "completion": text}, ns.json)
+
+
+def add_generate(new: NewCommand) -> None:
+    from lmforge.infer.generate import GenerationConfig
+
+    p = new("generate", "continue a prompt with a trained run (streams to the terminal)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    add_device_flag(p)
+    p.add_argument("--stream", action="store_true", help="stream even when stdout is not a terminal")
+    add_dataclass_flags(p, GenerationConfig)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_fill_mask(ns: argparse.Namespace) -> None:
+    results = lmforge.fill_mask(ns.run, ns.text, top_k=ns.top_k, device=ns.device)
+    lines = []
+    for i, preds in enumerate(results):
+        if len(results) > 1:
+            lines.append(f"mask {i + 1}:")
+        lines += [f"  {p.score:7.2%}  {p.token:<15}  {p.text}" for p in preds]
+    payload = {"text": ns.text, "masks": [[p.to_dict() for p in preds] for preds in results]}
+    emit(payload, ns.json, "\n".join(lines) if not ns.json else None)
+
+
+def add_fill_mask(new: NewCommand) -> None:
+    p = new("fill-mask", "the most likely tokens for each [MASK] in a text (masked-LM runs)")
+    p.add_argument("run", help="run directory of a masked-LM run")
+    p.add_argument("text", help='text with one or more [MASK], e.g. "The capital of France is [MASK]."')
+    p.add_argument("--top_k", type=int, default=5, help="predictions per mask (default: 5)")
+    add_device_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_fill_mask)

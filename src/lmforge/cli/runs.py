@@ -1,0 +1,62 @@
+"""`lmforge info`, `lmforge export hf` and `lmforge import hf`: a run directory described or converted."""
+
+from __future__ import annotations
+
+import argparse
+
+import lmforge
+from lmforge.cli.flags import NewCommand, add_json_flag
+from lmforge.cli.output import emit, format_fields
+
+
+def cmd_info(ns: argparse.Namespace) -> None:
+    result = lmforge.info(ns.run)
+    emit(result, ns.json, format_fields({k: v for k, v in result.items() if k not in ("model", "summary")}))
+
+
+def add_info(new: NewCommand) -> None:
+    p = new("info", "parameters, FLOPs and config of a run")
+    p.add_argument("run", help="run directory")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_export_hf(ns: argparse.Namespace) -> None:
+    pair_head = None if ns.pair_head is None else ns.pair_head == "true"
+    res = lmforge.export_hf(ns.run, ns.out, pair_head=pair_head)
+    emit(res, ns.json, f"exported {ns.run} to {res['out']} (load it with transformers' {res['load_with']})")
+
+
+def cmd_import_hf(ns: argparse.Namespace) -> None:
+    res = lmforge.import_hf(ns.hf_dir, ns.run)
+    emit(res, ns.json, f"imported {ns.hf_dir} ({res['parameters'] / 1e6:.2f}M parameters) into {res['run']}")
+
+
+def add_export(new: NewCommand) -> None:
+    exp = new("export", "export a run to another framework")
+    exp_sub = exp.add_subparsers(dest="fmt", metavar="<format>", required=True)
+    p = exp_sub.add_parser(
+        "hf",
+        help="Hugging Face transformers checkpoint (GPT-2/Llama causal LM, or BERT for encoders)",
+        allow_abbrev=False,
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("out", help="output directory")
+    p.add_argument(
+        "--pair_head", choices=("true", "false"), default=None,
+        help="keep an encoder's NSP/SOP head, as BertForPreTraining (default: when the run was trained with one)",
+    )  # fmt: skip
+    add_json_flag(p)
+    p.set_defaults(func=cmd_export_hf)
+
+
+def add_import(new: NewCommand) -> None:
+    imp = new("import", "import a checkpoint from another framework as a run directory")
+    imp_sub = imp.add_subparsers(dest="fmt", metavar="<format>", required=True)
+    p = imp_sub.add_parser(
+        "hf", help="Hugging Face transformers directory (GPT-2, Llama, Mistral, BERT)", allow_abbrev=False
+    )
+    p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer files")
+    p.add_argument("run", help="run directory to create")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_import_hf)
