@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.shards import _batches, prepare
+from lmforge.data.shards import encode_batches, prepare
 from lmforge.text.clean import CleanConfig, Cleaner
 from lmforge.text.corpus import read_documents
 from lmforge.tokenizer import train_tokenizer
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # The ceiling sees exactly the text prepare tokenizes, cut into exactly prepare's batches.
     docs = list(Cleaner(CleanConfig())(read_documents(data, txt_unit=unit)))
-    batches = [b.texts for b in _batches(docs, 0.0, args.batch_docs)]
+    batches = [b.texts for b in encode_batches(docs, 0.0, args.batch_docs)]
     nbytes = sum(len(d.text.encode("utf-8")) for d in docs)
     mb = nbytes / 1e6
     backend = tok.backend

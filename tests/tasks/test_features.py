@@ -8,7 +8,7 @@ import torch
 
 from lmforge.models.heads import IGNORE
 from lmforge.tasks.batches import TaskBatches, collate
-from lmforge.tasks.features import _truncate_pair, encode_classification, encode_tokens
+from lmforge.tasks.features import encode_classification, encode_tokens, truncate_pair
 from lmforge.tasks.framing import Specials
 from lmforge.tasks.readers import ClassificationExample, LabelMap, TokenExample
 from lmforge.tokenizer import Tokenizer, TokenizerConfig
@@ -39,7 +39,7 @@ def test_longest_first_truncation_matches_bert():
     for la in range(0, 9):
         for lb in range(0, 9):
             for room in range(1, 12):
-                a, b, cut = _truncate_pair(list(range(la)), list(range(100, 100 + lb)), room)
+                a, b, cut = truncate_pair(list(range(la)), list(range(100, 100 + lb)), room)
                 assert (a, b) == reference(range(la), range(100, 100 + lb), room), (la, lb, room)
                 assert cut == (la + lb > room)
 

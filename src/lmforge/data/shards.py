@@ -127,7 +127,7 @@ class _SplitWriter:
 
 
 @dataclass
-class _Batch:
+class EncodeBatch:
     """Texts to encode plus, per text, whether it starts a document and which split it belongs to."""
 
     texts: list[str] = field(default_factory=list)
@@ -150,7 +150,7 @@ class _Packer:
         self.open_val: bool | None = None  # split of the document being written, None before the first
         self.open_bytes = 0
 
-    def pack(self, batch: _Batch) -> None:
+    def pack(self, batch: EncodeBatch) -> None:
         ids = self.tok.encode_batch(batch.texts)
         pieces: dict[bool, list[list[int]]] = {False: [], True: []}
         counts = {False: self.writers[False].tokens, True: self.writers[True].tokens}
@@ -314,11 +314,12 @@ def _progress(show: bool) -> Any:
     )  # fmt: skip
 
 
-def _batches(
+def encode_batches(
     docs: Iterable[Any], val_fraction: float, batch_docs: int, max_chars: int = MAX_BATCH_CHARS
-) -> Iterator[_Batch]:
-    """Group cleaned documents into encode batches and decide each document's split."""
-    batch = _Batch()
+) -> Iterator[EncodeBatch]:
+    """Group cleaned documents into the batches `prepare` encodes, and decide each document's split
+    (public so that the prepare benchmark times the reference tokenizer on exactly these batches)."""
+    batch = EncodeBatch()
     source: str | None = None
     val = False
     for doc in docs:
@@ -336,7 +337,7 @@ def _batches(
         batch.chars += len(text)
         if len(batch.texts) >= batch_docs or batch.chars >= max_chars:
             yield batch
-            batch = _Batch()
+            batch = EncodeBatch()
     if batch.texts:
         yield batch
 
@@ -352,7 +353,7 @@ def _packing_tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
     return tok
 
 
-def _pack(packer: _Packer, batches: Iterable[_Batch], show_progress: bool) -> None:
+def _pack(packer: _Packer, batches: Iterable[EncodeBatch], show_progress: bool) -> None:
     """Encode and append every batch: one batch encodes on a worker thread while the next is read
     and cleaned, with at most `_IN_FLIGHT` queued so memory stays bounded."""
     start = time.perf_counter()
@@ -438,7 +439,7 @@ def prepare(
     try:
         writers = {False: _SplitWriter(tmp, "train", dtype), True: _SplitWriter(tmp, "val", dtype)}
         packer = _Packer(tok, writers, dtype)
-        _pack(packer, _batches(docs, float(val_fraction), int(batch_docs)), show_progress)
+        _pack(packer, encode_batches(docs, float(val_fraction), int(batch_docs)), show_progress)
         for w in writers.values():
             w.close()
         if writers[False].tokens + writers[True].tokens == 0:

@@ -30,7 +30,7 @@ def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tokenizer.backend.encode_batch(texts, add_special_tokens=False)]
 
 
-def _truncate_pair(a: list[int], b: list[int] | None, room: int) -> tuple[list[int], list[int] | None, bool]:
+def truncate_pair(a: list[int], b: list[int] | None, room: int) -> tuple[list[int], list[int] | None, bool]:
     """Longest-first truncation (BERT's): trim the longer segment one token at a time, here in O(1)."""
     if b is None:
         return a[:room], None, len(a) > room
@@ -68,7 +68,7 @@ def encode_classification(
         raise ValueError(f"max_len={max_len} leaves no room for text")
     out, truncated = [], 0
     for i, ex in enumerate(examples):
-        a, b, cut = _truncate_pair(a_ids[i], b_ids[i] if b_ids is not None else None, room)
+        a, b, cut = truncate_pair(a_ids[i], b_ids[i] if b_ids is not None else None, room)
         truncated += cut
         head = [specials.cls] if specials.cls is not None else []
         ids = head + a + [specials.sep]
