@@ -26,7 +26,7 @@ def cmd_pretrain(ns: argparse.Namespace) -> None:
     human = "training finished\n" + format_fields(
         {k: v for k, v in d.items() if v is not None and k not in hidden}
     )
-    # Objectives other than causal LM report their own metrics; exp(loss) means nothing there.
+    # The objective's own validation metrics (masked-LM accuracy, ...); a perplexity gets its own line.
     metrics = {k: v for k, v in (result.val_metrics or {}).items() if k != "ppl"}
     if metrics:
         human += "\nvalidation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
