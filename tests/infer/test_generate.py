@@ -87,18 +87,36 @@ def test_window_slides_instead_of_overflowing():
     )
 
 
-def test_eos_stops_single_prompt_only():
+def test_eos_stops_each_row_on_its_own():
     model = tiny_model()
     prompt = torch.randint(0, 40, (1, 4))
     first = int(next(generate_ids(model, prompt, GenerationConfig(max_new_tokens=5, temperature=0))))
     steps = list(generate_ids(model, prompt, GenerationConfig(max_new_tokens=5, temperature=0), eos_id=first))
     assert [int(t) for t in steps] == [first]
+    # Every row of the batch reaches eos at the first step: the run ends there for all of them.
     batch = list(
         generate_ids(
             model, prompt.repeat(2, 1), GenerationConfig(max_new_tokens=5, temperature=0), eos_id=first
         )
     )
-    assert len(batch) == 5 and batch[0].shape == (2,)
+    assert len(batch) == 1 and batch[0].tolist() == [first, first]
+    # One row finishes, the other goes on; the finished row yields padding (eos) from then on.
+    other = torch.randint(0, 40, (1, 4))
+    alone = [int(t) for t in generate_ids(model, other, GenerationConfig(max_new_tokens=5, temperature=0))]
+    assert first not in alone  # (with these weights) so only the first row can finish early
+    mixed = torch.stack(
+        list(
+            generate_ids(
+                model,
+                torch.cat([prompt, other]),
+                GenerationConfig(max_new_tokens=5, temperature=0),
+                eos_id=first,
+            )
+        ),
+        1,
+    )
+    assert mixed.shape == (2, 5)
+    assert mixed[0].tolist() == [first] * 5 and mixed[1].tolist() == alone
 
 
 def test_seeded_sampling_is_reproducible_and_private():

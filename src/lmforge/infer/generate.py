@@ -1,9 +1,11 @@
-"""Text generation: KV-cached decoding, sampling filters, and UTF-8-safe streaming of text.
+"""Text generation: batched cached decoding, sampling filters, and UTF-8-safe streaming of text.
 
-`generate_ids` is the engine (token ids in, one token per step out); `generate_text` turns its
-ids into printable pieces as they arrive; `generate` returns the whole completion. Decoding runs
-the prompt through the model once (prefill) and then feeds one token per step, reusing the keys
-and values of all earlier positions from the cache.
+`Generation` (and `generate_ids`, its iterator) is the engine: token ids in, one token per row
+per step out, rows finishing on their own at eos. It drives the prefill/step protocol of
+`lmforge.infer.decoding`, which runs the prompts through the model once and then feeds one token
+per step, reusing the keys and values (or the state) of all earlier positions. `generate_text`
+turns the ids of one prompt into printable pieces as they arrive; `generate` returns the whole
+completion, `generate_batch` the completions of several prompts decoded together.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.infer.decoding import DecodeSession, left_pad, open_session
 
 # Tokens of the prompt decoded together with the new ones, so that tokenizers whose decoding of a
 # token depends on its left neighbour (e.g. sentencepiece's leading-space marker) print correctly.
@@ -111,56 +114,122 @@ def _new_generator(device: torch.device, seed: int | None) -> torch.Generator:
     return rng
 
 
-@torch.inference_mode()
+class Generation:
+    """One batched generation run: iterate it for the next token ids (B,) of every row, one step at a time.
+
+    A row is finished once it has produced `eos_id` (which is yielded) or its caller `finish`es it
+    (a stop string, seen in the text); a finished row keeps producing `pad_id` (default: eos_id,
+    else 0), and `done` (B,) says which rows are. The run ends after `gen.max_new_tokens` steps or
+    when every row is done. Rows can only finish early when there is an eos_id or `finish` was
+    called; then each step reads `done.all()` once on the host (the one sync per step; everything
+    else stays on the device, with no loop over rows).
+
+    Prompts of different lengths come left-padded with an `attention_mask` (`left_pad`). When the
+    text outgrows the cache (model.max_len at most), the oldest tokens slide out of the window: the
+    session is prefilled again with the last max_len-1 columns, which leaves room for the next one.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        prompt_ids: torch.Tensor,
+        gen: GenerationConfig,
+        *,
+        eos_id: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pad_id: int | None = None,
+    ):
+        if prompt_ids.dim() != 2 or prompt_ids.size(1) == 0:
+            raise LmforgeError(
+                f"prompt ids must be a non-empty (batch, length) tensor, got shape {tuple(prompt_ids.shape)}; "
+                "start from at least one token (e.g. the end-of-text token)"
+            )
+        if attention_mask is not None and attention_mask.shape != prompt_ids.shape:
+            raise LmforgeError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the prompt ids {tuple(prompt_ids.shape)}"
+            )
+        # Decode with the eager module: a torch.compile'd one would recompile for every cache length.
+        self.model = getattr(model, "_orig_mod", model)
+        self.gen, self.eos_id = gen, eos_id
+        self.pad_id = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+        self.device = next(self.model.parameters()).device
+        self.ids = prompt_ids.to(device=self.device, dtype=torch.long)  # (B, T): everything so far
+        self.mask = (
+            None if attention_mask is None else attention_mask.to(device=self.device, dtype=torch.bool)
+        )
+        self.done = torch.zeros(self.ids.size(0), dtype=torch.bool, device=self.device)
+        self._may_end = eos_id is not None
+
+    def finish(self, rows: torch.Tensor) -> None:
+        """Mark rows (a (B,) bool mask or row indices) as finished from the next step on."""
+        rows = rows.to(self.device)
+        self.done |= (
+            rows if rows.dtype == torch.bool else torch.zeros_like(self.done).index_fill(0, rows, True)
+        )
+        self._may_end = True
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self._run()
+
+    @torch.inference_mode()
+    def _run(self) -> Iterator[torch.Tensor]:
+        gen, model = self.gen, self.model
+        if gen.max_new_tokens == 0:
+            return
+        B, T = self.ids.shape
+        rng = _new_generator(self.device, gen.seed) if gen.temperature > 0 else None
+        was_training = model.training
+        model.eval()
+        try:
+            # Only as much cache as this call can use: the whole model.max_len may be huge.
+            session = open_session(model, B, min(model.config.max_len, T + gen.max_new_tokens))
+            logits = self._prefill(session, min(T, session.max_len))
+            for step in range(gen.max_new_tokens):
+                next_ids = sample_next(logits, self._history(), gen, rng)  # (B,)
+                next_ids = next_ids.masked_fill(self.done, self.pad_id)
+                if self.eos_id is not None:
+                    self.done |= next_ids == self.eos_id
+                yield next_ids
+                if step == gen.max_new_tokens - 1 or (self._may_end and bool(self.done.all())):
+                    return
+                self.ids = torch.cat([self.ids, next_ids[:, None]], dim=1)
+                if self.mask is not None:
+                    self.mask = torch.cat([self.mask, self.mask.new_ones(B, 1)], dim=1)
+                if session.length < session.max_len:
+                    logits = session.step(next_ids)
+                else:
+                    logits = self._prefill(session, max(session.max_len - 1, 1))
+        finally:
+            model.train(was_training)
+
+    def _prefill(self, session: DecodeSession, window: int) -> torch.Tensor:
+        """Prefill `session` with the last `window` columns of the text so far: logits (B, V)."""
+        mask = None if self.mask is None else self.mask[:, -window:]
+        return session.prefill(self.ids[:, -window:], mask)
+
+    def _history(self) -> torch.Tensor:
+        """The tokens the repetition penalty looks at, (B, T): padding replaced by the row's last
+        token (which is real), so that the padding id is not penalised."""
+        if self.mask is None or self.gen.repetition_penalty == 1.0:
+            return self.ids
+        return torch.where(self.mask, self.ids, self.ids[:, -1:])
+
+
 def generate_ids(
-    model: Any, prompt_ids: torch.Tensor, gen: GenerationConfig, *, eos_id: int | None = None
+    model: Any,
+    prompt_ids: torch.Tensor,
+    gen: GenerationConfig,
+    *,
+    eos_id: int | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) of each prompt row in `prompt_ids` (B, T), one step at a time.
 
-    Stops after `gen.max_new_tokens`, or (for a single prompt) right after yielding `eos_id`.
-    When the text outgrows model.max_len, the oldest tokens slide out of the window: the cache is
-    rebuilt from the last max_len-1 tokens, which leaves room for the next one.
+    Stops after `gen.max_new_tokens`, or once every row has yielded `eos_id` (finished rows yield
+    eos_id meanwhile). Left-padded prompts of different lengths pass their `attention_mask`
+    (B, T), True for real tokens (see `lmforge.infer.decoding.left_pad`). See `Generation`.
     """
-    if prompt_ids.dim() != 2 or prompt_ids.size(1) == 0:
-        raise LmforgeError(
-            f"prompt ids must be a non-empty (batch, length) tensor, got shape {tuple(prompt_ids.shape)}; "
-            "start from at least one token (e.g. the end-of-text token)"
-        )
-    if gen.max_new_tokens == 0:
-        return
-    # Decode with the eager module: a torch.compile'd one would recompile for every cache length.
-    model = getattr(model, "_orig_mod", model)
-    max_len = model.config.max_len
-    device = next(model.parameters()).device
-    ids = prompt_ids.to(device=device, dtype=torch.long)  # (B, T): everything so far
-    B, T = ids.shape
-    rng = _new_generator(device, gen.seed) if gen.temperature > 0 else None
-
-    was_training = model.training
-    model.eval()
-    try:
-        # Only as much cache as this call can use: the whole model.max_len may be huge.
-        cache = model.new_cache(B, max_len=min(max_len, T + gen.max_new_tokens))
-
-        def prefill(context: torch.Tensor) -> torch.Tensor:
-            cache.reset()
-            return model(context, cache=cache)[:, -1]  # (B, V)
-
-        logits = prefill(ids[:, -min(T, cache.max_len) :])
-        for step in range(gen.max_new_tokens):
-            next_ids = sample_next(logits, ids, gen, rng)  # (B,)
-            yield next_ids
-            if step == gen.max_new_tokens - 1 or (
-                B == 1 and eos_id is not None and next_ids.item() == eos_id
-            ):
-                return
-            ids = torch.cat([ids, next_ids[:, None]], dim=1)
-            if cache.length < cache.max_len:
-                logits = model(next_ids[:, None], cache=cache)[:, -1]
-            else:
-                logits = prefill(ids[:, -max(cache.max_len - 1, 1) :])
-    finally:
-        model.train(was_training)
+    return iter(Generation(model, prompt_ids, gen, eos_id=eos_id, attention_mask=attention_mask))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,59 +247,138 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The prompt's token ids; an empty prompt starts from the eos token (GPT-2's convention:
+    end-of-text also marks the start of a document)."""
+    ids = list(tokenizer.encode(prompt))
+    if ids:
+        return ids
+    eos_id = getattr(tokenizer, "eos_id", None)
+    if eos_id is None:
+        raise LmforgeError(
+            "the prompt encodes to no tokens and the tokenizer has no eos token; give a prompt"
+        )
+    return [eos_id]
+
+
+class _TextStream:
+    """Incremental detokenisation of one sequence, with its stop strings (as in vLLM).
+
+    A few prompt tokens are decoded along with the new ones and only the difference is printed:
+    [prefix, read) was printed, [read, end) is new. With byte-level BPE one character can span
+    several tokens, so a token may end in the middle of a UTF-8 sequence; such a tail decodes to
+    U+FFFD and is held back until the character is complete. Text that might be the start of a
+    stop string is held back too, and the text ends before the first stop string (not emitted).
+    """
+
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], stops: list[str]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids = list(prompt_ids)
+        self.prefix, self.read = max(len(self.ids) - _CONTEXT_TOKENS, 0), len(self.ids)
+        self.pending = ""  # decoded text not yet emitted (it may be the start of a stop string)
+        self.stopped = False
+
+    def _decode(self, span: list[int]) -> str:
+        return self.tokenizer.decode(span, skip_special_tokens=True)
+
+    def _stop_at(self) -> int:
+        """Where the first stop string starts in the pending text, or -1."""
+        return min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+
+    def push(self, token: int) -> str:
+        """Add one token; returns the text it made printable ("" if none). Sets `stopped` at a stop string."""
+        self.ids.append(token)
+        before, after = self._decode(self.ids[self.prefix : self.read]), self._decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # nothing printable yet (a partial character, or a special token)
+        self.pending += after[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        cut = self._stop_at()
+        if cut >= 0:
+            self.stopped = True
+            return self.pending[:cut]
+        keep = _held_back(self.pending, self.stops)
+        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        return out
+
+    def flush(self) -> str:
+        """The text left when generation ends (an unfinished character stays U+FFFD for good)."""
+        if self.stopped:
+            return ""
+        before, after = self._decode(self.ids[self.prefix : self.read]), self._decode(self.ids[self.prefix :])
+        self.pending += after[len(before) :]
+        cut = self._stop_at()
+        return self.pending[:cut] if cut >= 0 else self.pending
+
+
 def generate_text(model: Any, tokenizer: Any, prompt: str, gen: GenerationConfig) -> Iterator[str]:
     """Stream the completion of `prompt` as text pieces, as soon as they are printable.
 
-    With byte-level BPE one character can span several tokens, so a token may end in the middle
-    of a UTF-8 sequence; such a tail decodes to U+FFFD and is held back until the character is
-    complete. Text that might be the start of a stop string is held back too, and generation ends
-    before the first stop string (which is not emitted).
+    Pieces are UTF-8 safe and never show a stop string or the start of one (see `_TextStream`);
+    generation ends at eos or before the first stop string.
     """
     eos_id = getattr(tokenizer, "eos_id", None)
-    prompt_ids = list(tokenizer.encode(prompt))
-    if not prompt_ids:
-        if eos_id is None:
-            raise LmforgeError(
-                "the prompt encodes to no tokens and the tokenizer has no eos token; give a prompt"
-            )
-        prompt_ids = [eos_id]  # GPT-2 convention: end-of-text also marks the start of a document
-    ids = list(prompt_ids)
-    # Decode a few prompt tokens along with the new ones and print only the difference
-    # (incremental detokenisation as in vLLM): [prefix, read) was printed, [read, end) is new.
-    prefix, read = max(len(ids) - _CONTEXT_TOKENS, 0), len(ids)
-    pending = ""  # decoded text not yet emitted (it may be the start of a stop string)
-
-    def decode(span: list[int]) -> str:
-        return tokenizer.decode(span, skip_special_tokens=True)
-
-    prompt_tensor = torch.tensor([prompt_ids], dtype=torch.long)
-    for next_ids in generate_ids(model, prompt_tensor, gen, eos_id=eos_id):
+    prompt_ids = _prompt_ids(tokenizer, prompt)
+    stream = _TextStream(tokenizer, prompt_ids, gen.stop)
+    for next_ids in generate_ids(model, torch.tensor([prompt_ids], dtype=torch.long), gen, eos_id=eos_id):
         token = int(next_ids[0])
         if token == eos_id:
             break
-        ids.append(token)
-        before, after = decode(ids[prefix:read]), decode(ids[prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            continue  # nothing printable yet (a partial character, or a special token)
-        pending += after[len(before) :]
-        prefix, read = read, len(ids)
-        cut = min((i for i in (pending.find(s) for s in gen.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            if cut:
-                yield pending[:cut]
+        piece = stream.push(token)
+        if piece:
+            yield piece
+        if stream.stopped:
             return
-        keep = _held_back(pending, gen.stop)
-        if len(pending) > keep:
-            yield pending[: len(pending) - keep]
-            pending = pending[len(pending) - keep :]
-    # Generation ended: flush what is left (an unfinished character stays U+FFFD for good).
-    before, after = decode(ids[prefix:read]), decode(ids[prefix:])
-    pending += after[len(before) :]
-    cut = min((i for i in (pending.find(s) for s in gen.stop) if i >= 0), default=-1)
-    if cut >= 0:
-        pending = pending[:cut]
-    if pending:
-        yield pending
+    tail = stream.flush()
+    if tail:
+        yield tail
+
+
+def generate_batch(model: Any, tokenizer: Any, prompts: list[str], gen: GenerationConfig) -> list[str]:
+    """The completions of several prompts, decoded together as one left-padded batch.
+
+    Each row ends on its own at eos or its first stop string; per row the text is what `generate`
+    gives for that prompt alone (greedy decoding; sampling draws from one RNG for the batch).
+    Without stop strings the tokens stay on the device until the end; with them, each step's tokens
+    are read once to find the stop strings, and the rows that reached one are finished.
+    """
+    if not prompts:
+        return []
+    eos_id = getattr(tokenizer, "eos_id", None)
+    rows = [_prompt_ids(tokenizer, p) for p in prompts]
+    ids, mask = left_pad(rows, eos_id if eos_id is not None else 0)
+    run = Generation(model, ids, gen, eos_id=eos_id, attention_mask=mask)
+    streams = [_TextStream(tokenizer, r, gen.stop) for r in rows]
+    texts: list[list[str]] = [[] for _ in rows]
+    ended = [False] * len(rows)  # eos or a stop string: no more tokens for this row
+
+    def feed(tokens: list[int]) -> list[int]:
+        """One step's tokens (one per row) into the streams; returns the rows that just stopped."""
+        stopped = []
+        for i, (token, stream) in enumerate(zip(tokens, streams)):
+            if ended[i]:
+                continue
+            if token == eos_id:
+                ended[i] = True
+                continue
+            texts[i].append(stream.push(token))
+            if stream.stopped:
+                ended[i] = True
+                stopped.append(i)
+        return stopped
+
+    steps = []
+    for next_ids in run:
+        if gen.stop:
+            stopped = feed(next_ids.tolist())
+            if stopped:
+                run.finish(torch.tensor(stopped))
+        else:
+            steps.append(next_ids)
+    if steps:
+        for tokens in torch.stack(steps, dim=1).T.tolist():  # (steps, B) rows of one step each
+            feed(tokens)
+    return ["".join(t) + s.flush() for t, s in zip(texts, streams)]
 
 
 def generate(
@@ -254,9 +402,11 @@ def generate(
 
 
 __all__ = [
+    "Generation",
     "GenerationConfig",
     "apply_repetition_penalty",
     "generate",
+    "generate_batch",
     "generate_ids",
     "generate_text",
     "sample_next",

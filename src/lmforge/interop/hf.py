@@ -26,7 +26,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
-from lmforge.models.weights import load_tensors, weights_for_save
+from lmforge.models.weights import fused_weights, load_tensors, weights_for_save
 from lmforge.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 # Our activation name <-> GPT-2's `activation_function`. "gelu_new" is GPT-2's tanh approximation.
@@ -255,7 +255,7 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    sd = {k: v.cpu() for k, v in weights_for_save(model).items()}
+    sd = {k: v.cpu() for k, v in fused_weights(model).items()}  # q/k/v as one qkv, either layout
     if layout == "bert":
         hf_sd = hf_bert.to_bert(sd, cfg, pair_head=pair_head)
     else:

@@ -1,10 +1,11 @@
-"""Models: one set of Transformer blocks, wired as a causal decoder (GPT) or a bidirectional encoder (BERT)."""
+"""Models: one Transformer stack, configured as a causal decoder (GPT) or a bidirectional encoder (BERT)."""
 
 from lmforge.models.config import ModelConfig
 from lmforge.models.encoder import Encoder
 from lmforge.models.layers import KVCache
 from lmforge.models.transformer import (
     Transformer,
+    TransformerStack,
     build_model,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "Transformer",
+    "TransformerStack",
     "build_model",
 ]

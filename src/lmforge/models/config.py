@@ -51,6 +51,10 @@ class ModelConfig:
     dropout: float = 0.0  # 0 for pretraining on plenty of data; 0.1-0.2 on small corpora
     # Segment (token type) embeddings of encoders: 2 for BERT's sentence A/B; 0 = none.
     type_vocab_size: int = 2
+    # One fused Linear `qkv` for the attention's queries, keys and values (the faster default); false
+    # builds separate `q`, `k`, `v` Linears that name patterns (LoRA's) can target one by one.
+    # Checkpoints load into either layout.
+    fused_qkv: bool = True
     # Std of the normal init; residual projections are further scaled by 1/sqrt(2*n_layer) (GPT-2).
     init_std: float = 0.02
     # lstm/gru: state size of each layer; nnlm: width of the tanh hidden layer. None means d_model;

@@ -1,5 +1,5 @@
-"""The bidirectional encoder (BERT): the decoder's blocks without the causal mask, plus the heads
-masked-LM pretraining needs.
+"""The bidirectional encoder (BERT): the decoder's `TransformerStack` without the causal mask, with
+segment embeddings, plus the heads masked-LM pretraining needs.
 
     ids, segments -> token + position + segment embeddings -> (LayerNorm) -> Blocks(causal=False)
                   -> hidden states (B, T, d_model)
@@ -24,17 +24,8 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
-from lmforge.models.layers import (
-    Block,
-    OutputLayer,
-    RotaryEmbedding,
-    check_length,
-    init_normal,
-    init_transformer,
-    make_activation,
-    make_norm,
-    sinusoidal_table,
-)
+from lmforge.models.layers import OutputLayer, make_activation
+from lmforge.models.transformer import TransformerStack
 
 
 class MLMHead(nn.Module):
@@ -50,38 +41,17 @@ class MLMHead(nn.Module):
         return self.norm(self.act(self.dense(h)))
 
 
-class Encoder(nn.Module):
+class Encoder(TransformerStack):
     """A bidirectional Transformer encoder with masked-LM and sentence-pair (NSP/SOP) heads."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        if cfg.vocab_size <= 0:
-            raise LmforgeError(
-                f"model.vocab_size={cfg.vocab_size}; set it to the tokenizer's vocabulary size "
-                "(or build the model through the trainer, which fills it in)"
-            )
         if cfg.arch != "encoder":
             raise LmforgeError(f"Encoder built from model.arch={cfg.arch!r}; use model.arch=encoder")
-        self.config = cfg
-        d = cfg.d_model
-
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
-        self.rope: RotaryEmbedding | None = None
-        if cfg.position == "learned":
-            self.pos_emb = nn.Embedding(cfg.max_len, d)
-        elif cfg.position == "sinusoidal":
-            self.register_buffer("pos_emb", sinusoidal_table(cfg.max_len, d), persistent=False)
-        else:
-            self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_theta)
-        self.type_emb = nn.Embedding(cfg.type_vocab_size, d) if cfg.type_vocab_size > 0 else None
         # Post-norm blocks take their input unnormalised, so BERT normalises the embedding sum;
         # pre-norm blocks normalise their own inputs and instead need a final norm.
         post = cfg.norm_position == "post"
-        self.emb_norm = make_norm(cfg) if post else nn.Identity()
-        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
-        self.norm_f = nn.Identity() if post else make_norm(cfg)
-
+        super().__init__(cfg, causal=False, segments=True, emb_norm=post)
+        d = cfg.d_model
         self.pooler = nn.Linear(d, d)
         self.mlm_head = MLMHead(cfg)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
@@ -89,27 +59,10 @@ class Encoder(nn.Module):
         self.cls_head = nn.Linear(d, 2)  # next-sentence (NSP) or sentence-order (SOP) prediction
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-
         # The GPT-2 depth scaling only makes sense for a pre-norm residual stream.
-        init_transformer(self, cfg, scale_residual=not post)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_normal(module, self.config.init_std)
+        self.init_weights(scale_residual=not post)
 
     # ------------------------------------------------------------ backbone
-
-    def embed(self, idx: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Token + position (+ segment) embeddings, normalised for post-norm models: (B, T, d_model)."""
-        T = idx.size(1)
-        check_length(T, self.config.max_len)
-        x = self.tok_emb(idx)
-        if self.rope is None:
-            table = self.pos_emb.weight if isinstance(self.pos_emb, nn.Embedding) else self.pos_emb
-            x = x + table[:T]
-        if self.type_emb is not None:
-            # No segment ids means "all sentence A", as in BERT: add row 0 without an index lookup.
-            x = x + (self.type_emb.weight[0] if token_type_ids is None else self.type_emb(token_type_ids))
-        return self.drop(self.emb_norm(x))
 
     def forward(
         self,
@@ -129,19 +82,14 @@ class Encoder(nn.Module):
         """
         B, T = idx.shape
         x = self.embed(idx, token_type_ids)
-        rope = self.rope(0, T) if self.rope is not None else None
+        rope = self.rotary(T)
         if attention_mask is None:
-            for block in self.blocks:
-                x = block(x, rope=rope, causal=False)
-            return self.norm_f(x)
+            return self.run_blocks(x, rope=rope)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
         if token_index is None:
             token_index = attention_mask.reshape(-1).nonzero().squeeze(1)
-        unpad = (token_index, B, T)
         x = x.reshape(B * T, -1).index_select(0, token_index)  # (N, d_model): the real tokens
-        for block in self.blocks:
-            x = block(x, rope=rope, causal=False, attn_mask=mask, unpad=unpad)
-        x = self.norm_f(x)
+        x = self.run_blocks(x, rope=rope, attn_mask=mask, unpad=(token_index, B, T))
         return x.new_zeros(B * T, x.size(-1)).index_copy(0, token_index, x).view(B, T, -1)
 
     # ------------------------------------------------------------ heads
@@ -168,18 +116,6 @@ class Encoder(nn.Module):
         return self.cls_head(self.pool(h))
 
     # ------------------------------------------------------------ counts
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters (tied tensors once); non_embedding drops the lookup tables, as the decoder's."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            if isinstance(getattr(self, "pos_emb", None), nn.Embedding):
-                n -= self.pos_emb.weight.numel()
-            if self.type_emb is not None:
-                n -= self.type_emb.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.tok_emb.weight.numel()
-        return n
 
     def flops_per_token(self, seq_len: int, predicted_fraction: float = 1.0) -> float:
         """Training FLOPs per input token: 6 per weight per token for the backbone, the attention

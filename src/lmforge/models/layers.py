@@ -3,7 +3,8 @@
 GPT-2, Llama and BERT differ only in which of these pieces they pick (LayerNorm or RMSNorm, learned
 or rotary positions, GELU or SwiGLU, norm before or after each sublayer), so each piece reads its
 choice from `ModelConfig` and the Transformer simply stacks `Block`s. Attention takes a `causal`
-flag and an optional padding mask so that encoders reuse it unchanged.
+flag and an optional padding mask so that encoders reuse it unchanged, and a `cross` switch that
+makes it attend over another sequence (an encoder-decoder's memory).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys x (B, n_heads, T, head_dim) by their positions' angles (T, head_dim)."""
+    """Rotate queries or keys x (B, n_heads, T, head_dim) by their positions' angles: (T, head_dim),
+    or (B, 1, T, head_dim) when each row has its own positions (left-padded decoding)."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # keeps autocast's bf16 activations in bf16
     return x * cos + rotate_half(x) * sin
 
@@ -114,10 +116,15 @@ class KVCache:
     """Keys and values of past positions, for decoding one token at a time.
 
     Storage is preallocated per layer at a fixed shape (batch, n_kv_head, max_len, head_dim), so
-    decoding never reallocates and the tensors are friendly to `torch.compile`/CUDA graphs;
+    decoding never reallocates (only `reorder` does) and the tensors are friendly to `torch.compile`/CUDA graphs;
     `length` counts the positions already written. Attention layers call `update` with the
     keys/values of the new positions and attend over the returned prefix; the Transformer
     advances `length` once all layers have written.
+
+    Cross-attention layers (an encoder-decoder's) keep the keys/values of the encoder's output
+    in `cross_k`/`cross_v`: they are computed from the memory at the first step and reused at
+    every later one. `reorder` selects batch rows of every entry at once, which is how beam
+    search keeps, drops and duplicates hypotheses.
     """
 
     def __init__(
@@ -133,6 +140,8 @@ class KVCache:
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.cross_k: list[torch.Tensor | None] = [None] * n_layer
+        self.cross_v: list[torch.Tensor | None] = [None] * n_layer
         self.length = 0
 
     @property
@@ -144,8 +153,10 @@ class KVCache:
         return self.k[0].size(0)
 
     def reset(self) -> None:
-        """Forget every position (the storage is kept and simply overwritten)."""
+        """Forget every position and the cross entries (the self storage is kept and overwritten)."""
         self.length = 0
+        self.cross_k = [None] * len(self.k)
+        self.cross_v = [None] * len(self.k)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, n_kv_head, T, head_dim) at positions length..length+T-1 of `layer`.
@@ -157,6 +168,26 @@ class KVCache:
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached cross keys/values of `layer`, (B, n_kv_head, S, head_dim) each, or None."""
+        k, v = self.cross_k[layer], self.cross_v[layer]
+        return None if k is None or v is None else (k, v)
+
+    def set_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep the memory's keys/values k, v (B, n_kv_head, S, head_dim) of `layer` for later steps."""
+        self.cross_k[layer], self.cross_v[layer] = k, v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (B',) of every self and cross entry, in that order (rows may repeat).
+
+        One `index_select` per tensor on the device; the batch size becomes B'.
+        """
+        index = index.to(self.k[0].device)
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+        self.cross_k = [None if k is None else k.index_select(0, index) for k in self.cross_k]
+        self.cross_v = [None if v is None else v.index_select(0, index) for v in self.cross_v]
+
 
 # ----------------------------------------------------------------------------------------------
 # Attention
@@ -164,29 +195,109 @@ class KVCache:
 Unpad = tuple[torch.Tensor, int, int]
 """(flat indices of the real tokens in a (B, T) batch, B, T): lets per-token layers skip padding."""
 
+Rope = tuple[torch.Tensor, torch.Tensor]
+"""cos, sin of the query/key positions: (T, head_dim) each, or (B, 1, T, head_dim) per row."""
+
+
+def _pad_back(t: torch.Tensor, unpad: Unpad | None) -> torch.Tensor:
+    """Rows t (N, k) of the real tokens back in their (B, T, k) places, zeros at the padding."""
+    if unpad is None:
+        return t
+    index, B, T = unpad
+    return t.new_zeros(B * T, t.size(-1)).index_copy(0, index, t).view(B, T, -1)
+
 
 class Attention(nn.Module):
-    """Multi-head self-attention with grouped-query heads, rotary positions and a KV cache.
+    """Multi-head attention with grouped-query heads, rotary positions and a KV cache.
 
-    One fused Linear produces queries, keys and values (rows laid out as [q heads | k heads |
-    v heads]) and a single `F.scaled_dot_product_attention` call does the rest, which dispatches
+    Self-attention (the default) projects queries, keys and values from x. By default one fused
+    Linear `qkv` does it (rows laid out as [q heads | k heads | v heads]): one matmul instead of
+    three, measurably faster on CPU. With `cfg.fused_qkv=False` they are three Linears `q`, `k`,
+    `v`, so that a module-name pattern (LoRA's) can pick one of them; checkpoints convert
+    between the layouts on load (`lmforge.models.weights`).
+
+    Cross-attention (`cross=True`, an encoder-decoder's decoder) takes its queries from x and its
+    keys/values from another sequence, the `memory` (B, S, d_model): a Linear `q` and a fused
+    `kv` (or `k`, `v` unfused). It sees every memory position but padding, and no rotation:
+    positions of two different sequences have no common origin.
+
+    A single `F.scaled_dot_product_attention` call does the attention itself, which dispatches
     to FlashAttention/memory-efficient kernels on GPU and a fused kernel on CPU.
     """
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0, *, cross: bool = False):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.layer_idx = layer_idx  # which slot of a KVCache this layer writes
-        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
+        self.cross, self.fused = cross, cfg.fused_qkv
+        d, nq, nkv = cfg.d_model, self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if cfg.fused_qkv and not cross:
+            self.qkv = nn.Linear(d, nq + 2 * nkv, bias=cfg.bias)
+        else:
+            self.q = nn.Linear(d, nq, bias=cfg.bias)
+            if cfg.fused_qkv:
+                self.kv = nn.Linear(d, 2 * nkv, bias=cfg.bias)
+            else:
+                self.k = nn.Linear(d, nkv, bias=cfg.bias)
+                self.v = nn.Linear(d, nkv, bias=cfg.bias)
+        self.proj = nn.Linear(nq, d, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    # ------------------------------------------------------------ projections
+
+    def project_qkv(
+        self, x: torch.Tensor, unpad: Unpad | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention projections of x (B, T, d): q (B, T, n_head, hd), k, v (B, T, n_kv_head, hd).
+
+        With `unpad`, x is the real tokens (N, d): the Linears run on those alone and their outputs
+        are scattered into a zero-padded (B, T) layout, which is all the attention needs.
+        """
+        B, T = (unpad[1], unpad[2]) if unpad is not None else x.shape[:2]
+        if not self.fused:
+            q, k, v = (
+                _pad_back(lin(x), unpad).view(B, T, -1, self.head_dim) for lin in (self.q, self.k, self.v)
+            )
+            return q, k, v
+        qkv = _pad_back(self.qkv(x), unpad).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
+        # Split along the heads axis before moving heads in front of time: in the backward pass the
+        # three gradients are then concatenated straight into the (B, T, heads, head_dim) layout
+        # the qkv Linear needs, rather than concatenated and copied once more to undo a transpose.
+        q, k, v = qkv.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=2)
+        return q, k, v
+
+    def project_q(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries alone of x (B, L, d): (B, L, n_head, head_dim); a fused qkv is sliced to its q rows."""
+        if hasattr(self, "q"):
+            q = self.q(x)
+        else:
+            nq, w, b = self.n_head * self.head_dim, self.qkv.weight, self.qkv.bias
+            q = F.linear(x, w[:nq], None if b is None else b[:nq])
+        return q.view(*x.shape[:-1], self.n_head, self.head_dim)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values alone of x (B, S, d): (B, S, n_kv_head, head_dim) each."""
+        shape = (*x.shape[:-1], self.n_kv_head, self.head_dim)
+        if hasattr(self, "k"):
+            return self.k(x).view(shape), self.v(x).view(shape)
+        if hasattr(self, "kv"):
+            kv = self.kv(x)
+        else:
+            nq, w, b = self.n_head * self.head_dim, self.qkv.weight, self.qkv.bias
+            kv = F.linear(x, w[nq:], None if b is None else b[nq:])
+        k, v = kv.view(*x.shape[:-1], 2 * self.n_kv_head, self.head_dim).split(self.n_kv_head, dim=-2)
+        return k, v
+
+    # ------------------------------------------------------------ forward
 
     def forward(
         self,
         x: torch.Tensor,
         *,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        rope: Rope | None = None,
         causal: bool = True,
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
@@ -194,25 +305,19 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, d_model) -> (B, T, d_model).
 
-        `attn_mask` (bool, broadcastable to (B, 1, T, S), True = may attend) masks padding;
-        `causal` additionally hides later positions (decoders) and is off for encoders.
+        Self-attention: `attn_mask` (bool, broadcastable to (B, 1, T, S), True = may attend) masks
+        padding; `causal` additionally hides later positions (decoders) and is off for encoders.
         With `unpad`, x holds only the real tokens of a padded batch, (N, d_model) -> (N, d_model):
         the projections skip the padding and only the attention itself sees the (B, T) layout.
+        Cross-attention: keys/values come from `memory` (B, S, d_model), or from the cache once it
+        holds them; `memory_mask` (B, S) bool, True for real memory positions, masks its padding.
         """
-        if unpad is not None:
-            index, B, T = unpad
-            real = self.qkv(x)  # (N, (n_head + 2*n_kv_head) * head_dim)
-            qkv = real.new_zeros(B * T, real.size(-1)).index_copy(0, index, real)
-        else:
-            B, T, _ = x.shape
-            qkv = self.qkv(x)
-        qkv = qkv.view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
-        # Split along the heads axis before moving heads in front of time: in the backward pass the
-        # three gradients are then concatenated straight into the (B, T, heads, head_dim) layout
-        # the qkv Linear needs, rather than concatenated and copied once more to undo a transpose.
-        q, k, v = qkv.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=2)
+        if self.cross:
+            return self._cross(x, memory, memory_mask, cache)
+        q, k, v = self.project_qkv(x, unpad)
+        B, T = q.shape[:2]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        # q: (B, n_head, T, head_dim); k, v: (B, n_kv_head, T, head_dim), views of qkv (no copies)
+        # q: (B, n_head, T, head_dim); k, v: (B, n_kv_head, T, head_dim), views (no copies)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -223,6 +328,31 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*head_dim)
         if unpad is not None:
             y = y.reshape(B * T, -1).index_select(0, unpad[0])  # (N, n_head*head_dim): real tokens only
+        return self.resid_drop(self.proj(y))
+
+    def _cross(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        """Cross-attention of x (B, T, d_model) over the memory's keys/values (see `forward`)."""
+        B, T, _ = x.shape
+        kv = cache.cross(self.layer_idx) if cache is not None else None
+        if kv is None:
+            if memory is None:
+                raise LmforgeError(
+                    "cross-attention needs the memory (the encoder's output) at its first call"
+                )
+            k, v = self.project_kv(memory)  # (B, S, n_kv_head, head_dim) each
+            kv = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv_head, S, head_dim)
+            if cache is not None:
+                cache.set_cross(self.layer_idx, *kv)
+        q = self.project_q(x).transpose(1, 2)  # (B, n_head, T, head_dim)
+        mask = None if memory_mask is None else memory_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        y = self._attend(q, *kv, causal=False, attn_mask=mask)  # (B, n_head, T, head_dim)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_drop(self.proj(y))
 
     def _attend(
@@ -352,14 +482,17 @@ class Block(nn.Module):
 
     Pre-norm (GPT-2, Llama): x + f(norm(x)), which keeps an identity path from input to output
     and trains stably without warmup tricks. Post-norm (original Transformer, BERT):
-    norm(x + f(x)).
+    norm(x + f(x)). With `cross` (an encoder-decoder's decoder) a cross-attention sublayer over
+    the memory sits between the two, with its own residual and norm (`norm_cross`, `cross_attn`).
     """
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0, *, cross: bool = False):
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg, layer_idx)
+        self.norm_cross = make_norm(cfg) if cross else None
+        self.cross_attn = Attention(cfg, layer_idx, cross=True) if cross else None
         self.norm2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
@@ -367,18 +500,28 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: Rope | None = None,
         causal: bool = True,
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         unpad: Unpad | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d_model) -> (B, T, d_model); with `unpad` (see Attention), (N, d) -> (N, d)."""
+        """x (B, T, d_model) -> (B, T, d_model); with `unpad` (see Attention), (N, d) -> (N, d).
+
+        `memory`/`memory_mask` feed the cross-attention of a `cross` block (see Attention).
+        """
         kw = {"rope": rope, "causal": causal, "attn_mask": attn_mask, "cache": cache, "unpad": unpad}
         if self.pre_norm:
             x = x + self.attn(self.norm1(x), **kw)
+            if self.cross_attn is not None and self.norm_cross is not None:
+                h = self.norm_cross(x)
+                x = x + self.cross_attn(h, memory=memory, memory_mask=memory_mask, cache=cache)
             return x + self.mlp(self.norm2(x))
         x = self.norm1(x + self.attn(x, **kw))
+        if self.cross_attn is not None and self.norm_cross is not None:
+            x = self.norm_cross(x + self.cross_attn(x, memory=memory, memory_mask=memory_mask, cache=cache))
         return self.norm2(x + self.mlp(x))
 
 
@@ -443,6 +586,7 @@ __all__ = [
     "KVCache",
     "OutputLayer",
     "RMSNorm",
+    "Rope",
     "RotaryEmbedding",
     "TanhGELU",
     "apply_rope",

@@ -18,7 +18,6 @@ there), so a step costs about (1 + 1/K) encoder passes instead of two.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
@@ -137,28 +136,22 @@ def _two_stream_attention(
 ) -> torch.Tensor:
     """`Attention.forward` with queries from rows start.. of x (B, L, d) and keys/values from rows :T.
 
-    The fused qkv weight is sliced ([q heads | k heads | v heads] rows), so the query rows never
-    pay for keys and values nobody reads. Returns (B, L - start, d).
+    The query rows are projected to queries alone (`Attention.project_q` slices a fused qkv
+    weight), so they never pay for keys and values nobody reads. Returns (B, L - start, d).
     """
     B, L, _ = x.shape
-    nh, nkv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
-    nq = nh * hd
-    w, b = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(x[:, max(start, T) :], w[:nq], None if b is None else b[:nq])  # (B, P, nh*hd)
+    q = attn.project_q(x[:, max(start, T) :])  # (B, P, nh, hd)
     if start < T:  # the content rows' queries come out of the fused projection with their keys/values
-        qkv = attn.qkv(x[:, :T]).view(B, T, nh + 2 * nkv, hd)
-        q_h, k, v = qkv.split([nh, nkv, nkv], dim=2)
-        q = torch.cat([q_h, q.view(B, L - T, nh, hd)], dim=1)  # (B, L, nh, hd)
+        q_h, k, v = attn.project_qkv(x[:, :T])
+        q = torch.cat([q_h, q], dim=1)  # (B, L, nh, hd)
     else:
-        kv = F.linear(x[:, :T], w[nq:], None if b is None else b[nq:]).view(B, T, 2 * nkv, hd)
-        k, v = kv.split([nkv, nkv], dim=2)
-        q = q.view(B, L - start, nh, hd)
+        k, v = attn.project_kv(x[:, :T])  # (B, T, nkv, hd) each
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, rows, hd)
     if rope_q is not None and rope_k is not None:
         q = apply_rope(q, rope_q[0][:, :, start:], rope_q[1][:, :, start:])
         k = apply_rope(k, *rope_k)
     y = attn._attend(q, k, v, causal=False, attn_mask=mask)  # (B, nh, L - start, hd)
-    y = y.transpose(1, 2).reshape(B, L - start, nq)
+    y = y.transpose(1, 2).reshape(B, L - start, attn.n_head * attn.head_dim)
     return attn.resid_drop(attn.proj(y))
 
 

@@ -1,7 +1,14 @@
-"""The Transformer language model: embeddings, a stack of Blocks, a final norm, an LM head.
+"""The Transformer stack, and the causal language model (GPT) built from it.
 
-With the default config this is GPT-2; switch `norm`, `position` and `activation` and it is a
-Llama. Parameter names are the safetensors keys of our checkpoints, so they are kept short and
+`TransformerStack` is everything a Transformer is made of, written once: token and position
+embeddings (learned, sinusoidal or rotary), optional segment embeddings, the embedding norm that
+post-norm encoders need, the blocks (with cross-attention for an encoder-decoder's decoder), the
+final norm, the vocabulary check, the initialisation and the parameter count. `Transformer` (a
+causal decoder with an LM head) and `lmforge.models.encoder.Encoder` (bidirectional, with BERT's
+heads) are configurations of it plus their heads.
+
+With the default config the decoder is GPT-2; switch `norm`, `position` and `activation` and it
+is a Llama. Parameter names are the safetensors keys of our checkpoints, so they are kept short and
 stable: `tok_emb.weight`, `pos_emb.weight`, `blocks.{i}.attn.qkv.weight`, `blocks.{i}.mlp.fc.weight`,
 `norm_f.weight`, `lm_head.weight`, ...
 """
@@ -17,7 +24,9 @@ from lmforge.models.layers import (
     Block,
     KVCache,
     OutputLayer,
+    Rope,
     RotaryEmbedding,
+    Unpad,
     check_length,
     init_normal,
     init_transformer,
@@ -26,49 +35,158 @@ from lmforge.models.layers import (
 )
 
 
-class Transformer(nn.Module):
-    """A decoder-only (GPT) language model: token ids (B, T) -> next-token logits (B, T, vocab)."""
+class TransformerStack(nn.Module):
+    """Embeddings -> Blocks -> final norm, shared by every Transformer architecture.
 
-    def __init__(self, cfg: ModelConfig):
+    `causal` hides later positions (decoders); `segments` adds segment (token type) embeddings of
+    `cfg.type_vocab_size` rows; `emb_norm` normalises the embedding sum (post-norm blocks take their
+    input unnormalised, so BERT does); `cross` gives every block a cross-attention over a memory.
+    Subclasses add their heads and then call `init_weights`, so that modules are created, and
+    the seeded initialisation draws, in the order that the checkpoints' weights were made in.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        causal: bool,
+        segments: bool = False,
+        emb_norm: bool = False,
+        cross: bool = False,
+    ):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise LmforgeError(
                 f"model.vocab_size={cfg.vocab_size}; set it to the tokenizer's vocabulary size "
                 "(or build the model through the trainer, which fills it in)"
             )
-        if cfg.arch != "decoder":
-            raise LmforgeError(f"model.arch={cfg.arch!r} is not available yet; use model.arch=decoder")
-        self.config = cfg
-
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.config, self.causal = cfg, causal
+        d = cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.rope: RotaryEmbedding | None = None
         if cfg.position == "learned":
-            self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+            self.pos_emb = nn.Embedding(cfg.max_len, d)
         elif cfg.position == "sinusoidal":
-            self.register_buffer("pos_emb", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+            self.register_buffer("pos_emb", sinusoidal_table(cfg.max_len, d), persistent=False)
         else:
             self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_theta)
+        self.type_emb = nn.Embedding(cfg.type_vocab_size, d) if segments and cfg.type_vocab_size > 0 else None
+        self.emb_norm = make_norm(cfg) if emb_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
+        self.blocks = nn.ModuleList([Block(cfg, i, cross=cross) for i in range(cfg.n_layer)])
         # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm
         # blocks already end in one.
         self.norm_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
 
-        init_transformer(self, cfg)
+    def init_weights(self, *, scale_residual: bool = True) -> None:
+        """GPT-2/BERT initialisation of every module, heads included, and with `scale_residual`
+        GPT-2's 1/sqrt(2*n_layer) on the projections into the residual stream."""
+        init_transformer(self, self.config, scale_residual=scale_residual)
 
     def _init_weights(self, module: nn.Module) -> None:
         init_normal(module, self.config.init_std)
 
+    def embed(
+        self,
+        idx: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        start: int = 0,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token + position (+ segment) embeddings of idx (B, T), normalised with `emb_norm`: (B, T, d).
+
+        Positions are start..start+T-1, or per row `positions` (B, T) (left-padded batches).
+        """
+        T = idx.size(1)
+        check_length(start + T, self.config.max_len)
+        x = self.tok_emb(idx)  # (B, T, d_model)
+        if self.rope is None:
+            # Both position tables are (max_len, d_model); slicing skips an index lookup.
+            table = self.pos_emb.weight if isinstance(self.pos_emb, nn.Embedding) else self.pos_emb
+            x = x + (table[start : start + T] if positions is None else table[positions])
+        if self.type_emb is not None:
+            # No segment ids means "all sentence A", as in BERT: add row 0 without an index lookup.
+            x = x + (self.type_emb.weight[0] if token_type_ids is None else self.type_emb(token_type_ids))
+        return self.drop(self.emb_norm(x))
+
+    def rotary(self, T: int, start: int = 0, positions: torch.Tensor | None = None) -> Rope | None:
+        """RoPE cos/sin for positions start..start+T-1, (T, head_dim), or per row `positions` (B, T):
+        (B, 1, T, head_dim), which broadcasts over the heads. None without rotary positions."""
+        if self.rope is None:
+            return None
+        if positions is None:
+            return self.rope(start, T)
+        return self.rope.cos[positions][:, None], self.rope.sin[positions][:, None]
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        *,
+        rope: Rope | None = None,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        unpad: Unpad | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embeddings x (B, T, d) (or (N, d) with `unpad`) through every block and the final norm."""
+        for block in self.blocks:
+            x = block(
+                x, rope=rope, causal=self.causal, attn_mask=attn_mask, cache=cache, unpad=unpad,
+                memory=memory, memory_mask=memory_mask,
+            )  # fmt: skip
+        return self.norm_f(x)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (a tied embedding counted once).
+
+        non_embedding=True leaves out the lookup tables, i.e. counts the weights that do
+        multiply-adds for every token: position and segment embeddings are dropped, and so is the
+        token embedding unless it is tied to the LM head (then it is the head's matrix). This is
+        the N of scaling laws and of `flops_per_token`.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if isinstance(getattr(self, "pos_emb", None), nn.Embedding):
+                n -= self.pos_emb.weight.numel()
+            if self.type_emb is not None:
+                n -= self.type_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.tok_emb.weight.numel()
+        return n
+
+
+class Transformer(TransformerStack):
+    """A decoder-only (GPT) language model: token ids (B, T) -> next-token logits (B, T, vocab)."""
+
+    def __init__(self, cfg: ModelConfig):
+        if cfg.arch != "decoder":
+            raise LmforgeError(f"model.arch={cfg.arch!r} is not available yet; use model.arch=decoder")
+        super().__init__(cfg, causal=True)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.init_weights()
+
     def forward(
-        self, idx: torch.Tensor, *, cache: KVCache | None = None, features: bool = False
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        features: bool = False,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size).
 
         With a `cache`, idx holds the positions after the cached ones (a prompt, then one token
         per step); their keys/values are appended and `cache.length` advances by T.
+
+        Batches of left-padded prompts pass `attention_mask` (B, cache.length + T), True for real
+        tokens, over the cached and the new positions alike, and `positions` (B, T), each row's own
+        positions (counted from its first real token). A padded query sees only itself, so nothing
+        turns into NaN; real queries never see padding.
 
         With `features`, returns instead the final hidden states (B, T, d_model) that the LM head
         reads: objectives fuse `output_layer()` with the loss on those (`clm_loss`), which never
@@ -83,8 +201,9 @@ class Transformer(nn.Module):
                 f"KV cache holds {cache.max_len} positions but {start + T} are needed; "
                 "create it with a larger max_len (model.new_cache) or reset it"
             )
-
-        x = self._trunk(idx, start, cache)
+        x = self.embed(idx, start=start, positions=positions)
+        mask = None if attention_mask is None else _key_mask(attention_mask, T)
+        x = self.run_blocks(x, rope=self.rotary(T, start, positions), attn_mask=mask, cache=cache)
         if cache is not None:
             cache.length += T
         if features:
@@ -101,39 +220,7 @@ class Transformer(nn.Module):
         Task heads (classification, tagging, QA) start from these. The attention is causal, so
         right padding changes nothing at real positions: position t sees tokens 0..t only.
         """
-        check_length(idx.size(1), self.config.max_len)
-        return self._trunk(idx, 0, None)
-
-    def _trunk(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
-        T = idx.size(1)
-        x = self.tok_emb(idx)  # (B, T, d_model)
-        rope = None
-        if self.rope is not None:
-            rope = self.rope(start, T)
-        else:
-            # Both position tables are (max_len, d_model); slicing skips an index lookup.
-            table = self.pos_emb.weight if isinstance(self.pos_emb, nn.Embedding) else self.pos_emb
-            x = x + table[start : start + T]
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, rope=rope, causal=True, cache=cache)
-        return self.norm_f(x)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Number of parameters (a tied embedding counted once).
-
-        non_embedding=True leaves out the lookup tables, i.e. counts the weights that do
-        multiply-adds for every token: position embeddings are dropped, and so is the token
-        embedding unless it is tied to the LM head (then it is the head's matrix). This is the
-        N of scaling laws and of `flops_per_token`.
-        """
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            if isinstance(getattr(self, "pos_emb", None), nn.Embedding):
-                n -= self.pos_emb.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.tok_emb.weight.numel()
-        return n
+        return self.run_blocks(self.embed(idx), rope=self.rotary(idx.size(1)))
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6*N + 12*n_layer*d_model*seq_len.
@@ -169,6 +256,18 @@ class Transformer(nn.Module):
             device=device if device is not None else ref.device,
             dtype=dtype if dtype is not None else ref.dtype,
         )
+
+
+def _key_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, S) real-token mask over all key positions -> (B, 1, T, S) for the last T queries.
+
+    Each query may also see its own key, so that a padded query (left padding) attends to
+    something: a row of nothing but -inf would be NaN and spread through the padded keys' values.
+    """
+    keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    S = keys.size(-1)
+    own = torch.arange(S, device=keys.device)[None, :] == torch.arange(S - T, S, device=keys.device)[:, None]
+    return keys | own  # (B, 1, T, S)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -4,6 +4,9 @@ Works for any nn.Module (the Transformer, and the baselines and heads to come):
 - tensors that share storage (tied embeddings) are stored once, under their first name; loading
   fills the other names from the model's own ties, so no alias table is needed in the file;
 - torch.compile and DDP wrappers are looked through, so keys never carry `_orig_mod.`/`module.`;
+- the attention's projections load into either layout: a fused `qkv` (or cross-attention `kv`)
+  is split into `q`, `k`, `v` for a model built with `fused_qkv=false`, and stacked back for a
+  fused one, so a checkpoint does not depend on that switch;
 - loading is strict and explains itself: the first missing, unexpected or mis-shaped key is named
   with both shapes, because a mismatch means the file belongs to another model config.
 """
@@ -68,10 +71,62 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+# Fused projections and the separate Linears whose rows they stack, in this order.
+_FUSED = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
+
+
+def fused_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`weights_for_save(model)` in the fused layout whatever `fused_qkv` built: each self-attention's
+    q, k, v stacked into `qkv`, each cross-attention's k, v into `kv` (what the exporters read)."""
+    from lmforge.models.layers import Attention
+
+    out = weights_for_save(model)
+    for name, module in unwrap(model).named_modules():
+        if not isinstance(module, Attention) or module.fused:
+            continue
+        fused, parts = ("kv", _FUSED["kv"]) if module.cross else ("qkv", _FUSED["qkv"])
+        for suffix in ("weight", "bias"):
+            names = [f"{name}.{p}.{suffix}" for p in parts]
+            if all(n in out for n in names):
+                out[f"{name}.{fused}.{suffix}"] = torch.cat([out.pop(n) for n in names])
+    return out
+
+
+def _split_name(name: str) -> tuple[str, str, str]:
+    """ "blocks.0.attn.qkv.weight" -> ("blocks.0.attn", "qkv", "weight")."""
+    parts = name.rsplit(".", 2)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else ("", "", name)
+
+
+def _match_layout(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """`tensors` with each attention's projections in the layout (fused or not) of `expected`."""
+    out = dict(tensors)
+    for name in expected:
+        if name in out:
+            continue
+        prefix, part, suffix = _split_name(name)
+        if part in _FUSED:  # the model is fused, the file is not: stack
+            names = [f"{prefix}.{p}.{suffix}" for p in _FUSED[part]]
+            if all(n in out for n in names):
+                out[name] = torch.cat([out.pop(n) for n in names])
+            continue
+        for fused, parts in _FUSED.items():  # the file is fused, the model is not: split
+            source = f"{prefix}.{fused}.{suffix}"
+            names = [f"{prefix}.{p}.{suffix}" for p in parts]
+            if part in parts and source in out and all(n in expected for n in names):
+                rows = [expected[n].size(0) for n in names]
+                out.update(zip(names, out.pop(source).split(rows)))
+                break
+    return out
+
+
 def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
     """Load `tensors` (as `weights_for_save` makes them) into `model`, strictly."""
     model = unwrap(model)
     expected = weights_for_save(model)
+    tensors = _match_layout(tensors, expected)
     for key, want in expected.items():
         if key not in tensors:
             raise LmforgeError(

@@ -123,7 +123,13 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
             )  # fmt: skip
 
     flops = plm_flops_per_token(model, seq_len, batches.n_predict)
-    return ObjectiveSetup(model, batches, val_batches, Objective("plm", plm_loss, batch_weight=batch_rows, derived=perplexity), flops)
+    return ObjectiveSetup(
+        model,
+        batches,
+        val_batches,
+        Objective("plm", plm_loss, batch_weight=batch_rows, derived=perplexity),
+        flops,
+    )
 
 
 __all__ = ["PLMConfig", "plm_loss", "setup"]
