@@ -17,6 +17,7 @@ the same logits as the same prompt decoded alone (to float rounding).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from lmforge.models.config import BASELINE_ARCHS
 
 
-class DecodeSession:
+class DecodeSession(ABC):
     """What all sessions share: the memory's capacity, and how many positions are used."""
 
     cache: Any
@@ -39,20 +40,20 @@ class DecodeSession:
         """Positions the memory can hold; when `length` reaches it, prefill a shorter window."""
         return self.cache.max_len
 
+    @abstractmethod
     def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Forget everything, read the prompts ids (B, T), and return the next-token logits (B, V).
 
         `attention_mask` (B, T), True for real tokens, marks left padding; None means none.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         """Append one token per row, next_ids (B,), and return the next-token logits (B, V)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows `index` (B',) of the memory, in that order (rows may repeat); B becomes B'."""
-        raise NotImplementedError
 
 
 class TransformerSession(DecodeSession):
