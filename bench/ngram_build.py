@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.ngram import NGramLM
+from lmforge.ngram import NGramLM, fit_ngram, read_arpa, write_arpa
 from lmforge.ngram.text import read_lines
 from lmforge.utils.shared_data import shared_data_path
 
@@ -81,7 +81,7 @@ def build_rounds(a: argparse.Namespace, train: list[str]) -> tuple[dict[str, flo
     lm = None
     for _ in range(a.repeat):
         t0 = time.perf_counter()
-        lm = NGramLM.fit(train, order=a.order, smoothing=a.smoothing)
+        lm = fit_ngram(train, order=a.order, smoothing=a.smoothing)
         best["ours"] = min(best["ours"], time.perf_counter() - t0)
         if not a.no_nltk:
             t0 = time.perf_counter()
@@ -118,9 +118,7 @@ def table(train: list[str], test: list[str], repeat: int) -> list[dict[str, Any]
     rows = []
     for order in (3, 4, 5):
         for smoothing in ("kneser-ney", "modified-kneser-ney"):
-            seconds, lm = best_of(
-                repeat, lambda o=order, s=smoothing: NGramLM.fit(train, order=o, smoothing=s)
-            )
+            seconds, lm = best_of(repeat, lambda o=order, s=smoothing: fit_ngram(train, order=o, smoothing=s))
             res = lm.perplexity(test)
             rows.append(
                 {"order": order, "smoothing": smoothing, "test_ppl": round(res.perplexity, 2),
@@ -158,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="lmforge-ngram-") as tmp:
         arpa = Path(tmp) / "lm.arpa"
-        write, _ = best_of(1, lambda: lm.save(arpa))
-        load, loaded = best_of(1, lambda: NGramLM.load(arpa))
+        write, _ = best_of(1, lambda: write_arpa(lm, arpa))
+        load, loaded = best_of(1, lambda: read_arpa(arpa))
         print(
             f"ours: ARPA ({arpa.stat().st_size / 1e6:.0f} MB) written in {write:.2f} s, read in {load:.2f} s"
         )

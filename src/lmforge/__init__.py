@@ -270,7 +270,7 @@ def train_ngram(data: Any, **kwargs: Any):
 
 def evaluate_ngram(model: Any, data: Any):
     """Perplexity of an n-gram model (ARPA path or loaded) on text files, as KenLM counts it."""
-    from lmforge.ngram.model import NGramLM
+    from lmforge.ngram.arpa import read_arpa
 
-    lm = NGramLM.load(model) if isinstance(model, (str, Path)) else model
+    lm = read_arpa(model) if isinstance(model, (str, Path)) else model
     return lm.perplexity_file(data)

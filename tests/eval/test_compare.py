@@ -25,7 +25,7 @@ from lmforge.eval.compare import (
 )
 from lmforge.eval.scoring import score_carried
 from lmforge.models.config import ModelConfig
-from lmforge.ngram import NGramLM
+from lmforge.ngram import fit_ngram, read_arpa, write_arpa
 from lmforge.run import LM
 from lmforge.tokenizer import Tokenizer, TokenizerConfig
 
@@ -58,13 +58,13 @@ def test_definitions_on_a_toy_case():
 
 def test_ngram_per_word_perplexity_is_ngram_eval_perplexity(tmp_path):
     train = ["the cat sat on the mat", "the dog sat", "a cat and a dog", ""] * 3
-    arpa = NGramLM.fit(train, order=3).save(tmp_path / "lm3.arpa")
+    arpa = write_arpa(fit_ngram(train, order=3), tmp_path / "lm3.arpa")
     lines, stats = read_text([str(_write(tmp_path / "t.txt", TEXT))])
     score = score_ngram(arpa, lines, stats)
-    ev = NGramLM.load(arpa).perplexity(LINES)
+    ev = read_arpa(arpa).perplexity(LINES)
     assert score.type == "3-gram" and score.tokens == ev.tokens == stats.word_events
     assert score.word_perplexity == pytest.approx(ev.perplexity, rel=1e-9)
-    assert score.parameters == sum(NGramLM.load(arpa).ngram_counts())
+    assert score.parameters == sum(read_arpa(arpa).ngram_counts())
     assert score.bits_per_byte == pytest.approx(-ev.log10_prob / math.log10(2) / stats.bytes)
 
 
@@ -145,7 +145,7 @@ def test_cli_compares_an_arpa_and_a_gpt_run(tmp_path, capsys):
 
     train = _write(tmp_path / "train.txt", make_text(3000, seed=1))
     test = _write(tmp_path / "test.txt", make_text(300, seed=2))
-    arpa = NGramLM.fit(train.read_text().splitlines(), order=3).save(tmp_path / "lm3.arpa")
+    arpa = write_arpa(fit_ngram(train.read_text().splitlines(), order=3), tmp_path / "lm3.arpa")
     run = tmp_path / "gpt"
     pretrain(
         data=str(train), out=str(run), tokenizer={"kind": "bpe", "vocab_size": 300},
@@ -163,7 +163,7 @@ def test_cli_compares_an_arpa_and_a_gpt_run(tmp_path, capsys):
     assert [m["type"] for m in res["models"]] == ["3-gram", "transformer"]
     assert res["word_events"] == res["words"] + res["lines"]
     ngram, gpt = res["models"]
-    assert ngram["word_perplexity"] == pytest.approx(NGramLM.load(arpa).perplexity_file(test).perplexity)
+    assert ngram["word_perplexity"] == pytest.approx(read_arpa(arpa).perplexity_file(test).perplexity)
     assert gpt["tokens"] > res["word_events"]  # BPE: several tokens per word; the measures still compare
     for m in res["models"]:
         assert m["word_perplexity"] == pytest.approx(math.exp(m["nll"] / res["word_events"]))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lmforge.cli import main
-from lmforge.ngram import NGramLM
+from lmforge.ngram import read_arpa
 
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\n\na cat and a dog\nthe cat ate the dog food\n" * 20
 TEST = "the cat sat on the log\na zebra ate the food\n\n"
@@ -48,7 +48,7 @@ def test_train_then_eval(capsys, corpus, smoothing):
     res = last_json(out)
     # 3 lines: 6 + 5 + 0 words, one </s> each; "zebra" is the one unknown word.
     assert (res["sentences"], res["words"], res["tokens"], res["oov"]) == (3, 11, 14, 1)
-    expected = NGramLM.load(arpa).perplexity(TEST.splitlines())
+    expected = read_arpa(arpa).perplexity(TEST.splitlines())
     assert res["perplexity"] == pytest.approx(expected.perplexity)
     assert "perplexity" in out.splitlines()[1]
 
@@ -61,7 +61,7 @@ def test_human_output_and_vocabulary_options(capsys, corpus):
     )  # fmt: skip
     assert code == 0, err
     assert "vocab_size" in out and "ngrams" in out and not out.strip().startswith("{")
-    assert NGramLM.load(arpa).words == ("<unk>", "<s>", "</s>", "the", "cat", "dog")
+    assert read_arpa(arpa).words == ("<unk>", "<s>", "</s>", "the", "cat", "dog")
 
 
 def test_user_errors_are_one_line(capsys, corpus):

@@ -154,10 +154,10 @@ def _score(name: str, kind: str, params: int, nll: float, tokens: int, stats: Te
 
 def score_ngram(path: str | Path, lines: list[str], stats: TextStats, name: str | None = None) -> ModelScore:
     """An ARPA model's scores; its per-word perplexity is exactly `lmforge ngram eval`'s perplexity."""
-    from lmforge.ngram.model import NGramLM
+    from lmforge.ngram.arpa import read_arpa
 
     t0 = time.perf_counter()
-    lm = NGramLM.load(path)
+    lm = read_arpa(path)
     t1 = time.perf_counter()
     ev = lm.perplexity(lines)
     seconds = time.perf_counter() - t1

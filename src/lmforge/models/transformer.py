@@ -268,17 +268,3 @@ def _key_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
     S = keys.size(-1)
     own = torch.arange(S, device=keys.device)[None, :] == torch.arange(S - T, S, device=keys.device)[:, None]
     return keys | own  # (B, 1, T, S)
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model `cfg.arch` names (randomly initialised, on the CPU, in float32): a `Transformer`
-    decoder, an `Encoder`, or one of the classic baselines (`lmforge.models.rnn`)."""
-    if cfg.arch == "encoder":
-        from lmforge.models.encoder import Encoder
-
-        return Encoder(cfg)
-    if cfg.arch in ("lstm", "gru", "nnlm"):
-        from lmforge.models.rnn import build_baseline
-
-        return build_baseline(cfg)
-    return Transformer(cfg)

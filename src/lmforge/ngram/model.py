@@ -68,40 +68,6 @@ class NGramLM:
     has_backoff: list[np.ndarray]  # per order: bool, the weight is written to ARPA
     meta: dict[str, Any] = field(default_factory=dict)  # smoothing, discounts, lowercase, ...
 
-    # ------------------------------------------------------------------ construction and files
-
-    @classmethod
-    def fit(
-        cls,
-        sentences: Iterable[str],
-        order: int = 3,
-        smoothing: str = "modified-kneser-ney",
-        *,
-        k: float = 1.0,
-        min_count: int = 1,
-        max_vocab: int | None = None,
-        lowercase: bool = False,
-    ) -> NGramLM:
-        """Train on sentences (one per string, whitespace-tokenized); see `train_ngram` for the options."""
-        from lmforge.ngram.train import fit_sentences
-
-        return fit_sentences(
-            sentences, order, smoothing, k=k, min_count=min_count, max_vocab=max_vocab, lowercase=lowercase
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> NGramLM:
-        """Read an ARPA file (plain or .gz), as written by lmforge, KenLM's lmplz or SRILM."""
-        from lmforge.ngram.arpa import read_arpa
-
-        return read_arpa(path)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the model as an ARPA file (gzip-compressed when the name ends in .gz)."""
-        from lmforge.ngram.arpa import write_arpa
-
-        return write_arpa(self, path)
-
     # ------------------------------------------------------------------ properties
 
     @property

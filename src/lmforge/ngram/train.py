@@ -7,23 +7,24 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.ngram.arpa import write_arpa
 from lmforge.ngram.counts import count_ngrams
 from lmforge.ngram.model import NGramLM
 from lmforge.ngram.smoothing import check_smoothing, estimate
 from lmforge.ngram.vocab import CorpusIds, Vocabulary, stream_from_ids
 
 
-def fit_sentences(
+def fit_ngram(
     sentences: Iterable[str],
-    order: int,
-    smoothing: str,
+    order: int = 3,
+    smoothing: str = "modified-kneser-ney",
     *,
     k: float = 1.0,
     min_count: int = 1,
     max_vocab: int | None = None,
     lowercase: bool = False,
 ) -> NGramLM:
-    """Train on sentences, one string each; see `train_ngram`."""
+    """Train on sentences, one whitespace-tokenized string each; see `train_ngram` for the options."""
     if not isinstance(order, int) or order < 1:
         raise LmforgeError(f"order={order!r} must be a positive integer (3 for a trigram model)")
     check_smoothing(smoothing, k)
@@ -78,9 +79,9 @@ def train_ngram(
     """
     from lmforge.ngram.text import read_lines
 
-    model = fit_sentences(
+    model = fit_ngram(
         read_lines(data), order, smoothing, k=k, min_count=min_count, max_vocab=max_vocab, lowercase=lowercase
     )
     if out is not None:
-        model.save(out)
+        write_arpa(model, out)
     return model
