@@ -110,3 +110,12 @@ def test_pretraining_writes_the_kind_its_objective_trains(tmp_path, tiny_corpus,
     # The saved config is itself a valid config: resuming reads it back through the one reader.
     result = lmforge.pretrain(out=str(run), resume=True, **{"train.max_steps": 6, "train.progress": False})
     assert result.steps == 6
+
+
+def test_a_corrupt_header_is_a_one_line_error_from_the_cli(lm_run, capsys):
+    from lmforge.cli import main
+
+    (lm_run / "run.json").write_bytes(b"\x00\xffnot json")
+    assert main(["info", str(lm_run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.json" in err[0] and "corrupt JSON" in err[0]
