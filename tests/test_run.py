@@ -119,3 +119,17 @@ def test_a_corrupt_header_is_a_one_line_error_from_the_cli(lm_run, capsys):
     assert main(["info", str(lm_run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.json" in err[0] and "corrupt JSON" in err[0]
+
+
+def test_several_prompts_decode_as_one_batch_from_the_cli_and_the_api(lm_run, capsys):
+    from lmforge.cli import main
+
+    prompts = ["the quick", "a"]
+    options = {"max_new_tokens": 6, "temperature": 0}
+    alone = [lmforge.generate(lm_run, p, **options) for p in prompts]
+    assert lmforge.generate_batch(lm_run, prompts, **options) == alone
+    assert lmforge.load(lm_run).generate_batch(prompts, **options) == alone
+    code = main(["generate", str(lm_run), "--prompt", prompts[0], "--prompt", prompts[1],
+                 "--max_new_tokens", "6", "--temperature", "0", "--device", "cpu", "--json"])  # fmt: skip
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completions"] == alone

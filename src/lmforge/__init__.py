@@ -14,6 +14,7 @@ the same numbers.
     lmforge.predict("runs/ner", "test.txt", "test.pred.conll")                   # lmforge predict
     lmforge.generate("runs/gpt", "The meaning of", max_new_tokens=50)            # lmforge generate
     lmforge.generate_stream("runs/gpt", "The meaning of")                        # ... piece by piece
+    lmforge.generate_batch("runs/gpt", ["Once", "The meaning of"])               # lmforge generate --prompt A --prompt B
     lmforge.fill_mask("runs/bert", "The capital of France is [MASK].")           # lmforge fill-mask
     lmforge.export_hf("runs/gpt", "out/hf_gpt")                                  # lmforge export hf
     lmforge.import_hf("hf_dir", "runs/imported")                                 # lmforge import hf
@@ -45,6 +46,7 @@ __all__ = [
     "fill_mask",
     "finetune",
     "generate",
+    "generate_batch",
     "generate_stream",
     "import_hf",
     "info",
@@ -214,6 +216,17 @@ def generate_stream(run: Any, prompt: str, *, device: Any = "cpu", **options: An
 def generate(run: Any, prompt: str, *, device: Any = "cpu", **options: Any) -> str:
     """The whole completion of `prompt` (without the prompt); options as for `generate_stream`."""
     return "".join(generate_stream(run, prompt, device=device, **options))
+
+
+def generate_batch(run: Any, prompts: list[str], *, device: Any = "cpu", **options: Any) -> list[str]:
+    """The completions of several prompts, decoded together as one batch: each row ends on its own
+    at the end-of-text token or its first stop string; options as for `generate_stream`."""
+    from lmforge.config import from_dict
+    from lmforge.infer.generate import GenerationConfig
+    from lmforge.infer.generate import generate_batch as decode_batch
+
+    lm = _language_model(run, device)
+    return decode_batch(lm.model, lm.tokenizer, list(prompts), from_dict(GenerationConfig, options))
 
 
 def export_hf(run: Any, out: str | Path, *, pair_head: bool | None = None) -> dict[str, Any]:

@@ -490,7 +490,9 @@ def write_task_run(
     labels.save(run_dir / "labels.json")
 
 
-def load_task(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TaskRun:
+def load_task(
+    run_dir: str | Path, *, device: str | torch.device = "cpu", weights: str | Path | None = None
+) -> TaskRun:
     """Load a fine-tuned task run (its head and labels included), ready for predict/evaluate."""
     from lmforge.models import build_model
     from lmforge.models.weights import load_weights
@@ -507,7 +509,7 @@ def load_task(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Tas
     labels = LabelMap.load(run_dir / "labels.json")
     backbone = Backbone(build_model(from_dict(ModelConfig, data["model"], prefix="model.")))
     model = build_task_model(cfg, backbone, labels, None)
-    weights = run_dir / "model.safetensors"
+    weights = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights.is_file():
         raise LmforgeError(f"{weights}: no weights yet; the run has not reached its first checkpoint")
     load_weights(model, weights)

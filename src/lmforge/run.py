@@ -172,6 +172,12 @@ class LM:
 
         return generate(self.model, self.tokenizer, prompt, from_dict(GenerationConfig, options))
 
+    def generate_batch(self, prompts: list[str], **options: Any) -> list[str]:
+        """Completions of several prompts decoded as one batch (each row stops on its own)."""
+        from lmforge.infer.generate import GenerationConfig, generate_batch
+
+        return generate_batch(self.model, self.tokenizer, list(prompts), from_dict(GenerationConfig, options))
+
 
 def model_config_of(run_dir: Path) -> tuple[ModelConfig, dict[str, Any]]:
     """The model config of a run (its `model` section) and the whole config."""

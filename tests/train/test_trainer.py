@@ -144,3 +144,17 @@ def test_select_metric_must_be_reported(tmp_path):
         LmforgeError, match=r"select_metric='f1' is not among the validation figures \(loss, accuracy\)"
     ):
         t.fit()
+
+
+def test_summary_reports_the_derived_perplexity(tmp_path):
+    result = _trainer(tmp_path / "run", 4).fit()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["val_ppl"] == pytest.approx(math.exp(result.val_loss)) == result.val_ppl
+    assert summary["val_metrics"]["ppl"] == summary["val_ppl"] and summary["select_metric"] == "loss"
+
+
+def test_resume_refuses_to_select_by_another_figure(tmp_path):
+    _trainer(tmp_path / "run", 6).fit()  # selects by the objective's choice, the loss
+    with pytest.raises(LmforgeError, match=r"kept its best weights by 'loss'.*--train.select_metric loss"):
+        _trainer(tmp_path / "run", 10, select_metric="ppl").fit(resume=True)
+    assert _trainer(tmp_path / "run", 10, select_metric="loss").fit(resume=True).steps == 10

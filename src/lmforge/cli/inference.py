@@ -15,6 +15,12 @@ def cmd_generate(ns: argparse.Namespace) -> None:
     from lmforge.infer.generate import GenerationConfig
 
     options = namespace_overrides(ns, GenerationConfig)
+    if len(ns.prompt) > 1:  # several prompts: one batch, each completion printed after its prompt
+        texts = lmforge.generate_batch(ns.run, ns.prompt, device=ns.device, **options)
+        human = "\n".join(f"{p}{t}" for p, t in zip(ns.prompt, texts))
+        emit({"prompts": ns.prompt, "completions": texts}, ns.json, None if ns.json else human)
+        return
+    ns.prompt = ns.prompt[0]
     pieces = lmforge.generate_stream(ns.run, ns.prompt, device=ns.device, **options)
     stream = (not ns.json and sys.stdout.isatty()) or ns.stream
     if not ns.json:
@@ -33,9 +39,14 @@ def cmd_generate(ns: argparse.Namespace) -> None:
 def add_generate(new: NewCommand) -> None:
     from lmforge.infer.generate import GenerationConfig
 
-    p = new("generate", "continue a prompt with a trained run (streams to the terminal)")
+    p = new(
+        "generate", "continue a prompt with a trained run (streams to the terminal), or several as a batch"
+    )
     p.add_argument("run", help="run directory")
-    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument(
+        "--prompt", required=True, action="append",
+        help="text to continue; give it several times to decode the prompts as one batch",
+    )  # fmt: skip
     add_device_flag(p)
     p.add_argument("--stream", action="store_true", help="stream even when stdout is not a terminal")
     add_dataclass_flags(p, GenerationConfig)

@@ -21,7 +21,7 @@ def cmd_pretrain(ns: argparse.Namespace) -> None:
     result = lmforge.pretrain(
         ns.config, resume=ns.resume, sample_prompt=None if ns.json else ns.sample, **overrides
     )
-    d = {**result.to_dict(), "val_ppl": result.val_ppl}
+    d = result.to_dict()
     hidden = ("select_metric", "best_score", "val_metrics", "val_ppl")
     human = "training finished\n" + format_fields(
         {k: v for k, v in d.items() if v is not None and k not in hidden}
@@ -55,7 +55,7 @@ def cmd_finetune(ns: argparse.Namespace) -> None:
     overrides = namespace_overrides(ns, FinetuneConfig)
     overrides["task"] = ns.task
     result = lmforge.finetune(ns.config, resume=ns.resume, **overrides)
-    d = result.to_dict()
+    d = {k: v for k, v in result.to_dict().items() if k != "val_ppl"}  # a task has no perplexity
     metrics = d.pop("val_metrics", None) or {}
     human = "fine-tuning finished\n" + format_fields({k: v for k, v in d.items() if v is not None})
     if metrics:

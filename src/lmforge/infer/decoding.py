@@ -6,8 +6,11 @@
     session.reorder(index)                         # (B',) rows to keep, drop or duplicate (beams)
 
 Sampling (`lmforge.infer.generate`) drives it today; beam search, chat and a server's scheduler
-need nothing more. A session owns its model's decoding memory: the KV cache of a Transformer
-(`TransformerSession`), the carried state of a recurrent or n-gram baseline (`RecurrentSession`).
+over decoder-only models need nothing more. A session owns its model's decoding memory: the KV
+cache of a Transformer (`TransformerSession`), the carried state of a recurrent or n-gram
+baseline (`RecurrentSession`). An encoder-decoder's session will take the encoder's output (and
+its padding mask, which `reorder` must then carry along) at `prefill`, and fill the cache's cross
+entries from it once (`KVCache.set_cross`).
 
 Prompts of different lengths are left-padded into one (B, T) batch (`left_pad`), so that every
 row's newest token sits in the last column and one step serves all rows. The mask says which

@@ -162,7 +162,10 @@ class Transformer(TransformerStack):
 
     def __init__(self, cfg: ModelConfig):
         if cfg.arch != "decoder":
-            raise LmforgeError(f"model.arch={cfg.arch!r} is not available yet; use model.arch=decoder")
+            raise LmforgeError(
+                f"Transformer is the causal decoder, not model.arch={cfg.arch!r}; build other architectures "
+                "with lmforge.models.build_model"
+            )
         super().__init__(cfg, causal=True)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

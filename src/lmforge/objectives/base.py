@@ -26,6 +26,14 @@ def batch_rows(batch: Any) -> int:
     return int(batch[0].size(0))
 
 
+def default_batch_weight(batch: Any) -> int:
+    """The weight of a batch whose objective says nothing: a dict batch counts its rows, an
+    (inputs, targets) pair its targets (a mean over tokens, as language modelling's)."""
+    if isinstance(batch, dict):
+        return batch_rows(batch)
+    return int(batch[1].numel())
+
+
 def no_derived(loss: float) -> dict[str, float]:
     """Objectives whose loss means nothing beyond itself derive no other figure from it."""
     return {}
@@ -35,7 +43,7 @@ def no_derived(loss: float) -> dict[str, float]:
 class Objective:
     name: str  # what the run reports it trained with (clm, mlm+nsp, ...)
     loss: Loss
-    batch_weight: Callable[[Any], int] = batch_rows  # weight of a batch in validation means
+    batch_weight: Callable[[Any], int] = default_batch_weight  # weight of a batch in validation means
     derived: Callable[[float], dict[str, float]] = no_derived  # figures computed from the mean loss
     select_metric: str = "loss"  # the validation figure that keeps the best weights by default
 
@@ -51,4 +59,4 @@ class ObjectiveSetup:
     flops_per_token: float = field(default=0.0)  # training FLOPs per input token, for MFU
 
 
-__all__ = ["Loss", "Objective", "ObjectiveSetup", "batch_rows", "no_derived"]
+__all__ = ["Loss", "Objective", "ObjectiveSetup", "batch_rows", "default_batch_weight", "no_derived"]

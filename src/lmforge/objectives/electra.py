@@ -32,7 +32,7 @@ from lmforge.errors import LmforgeError
 from lmforge.models.electra import ElectraOutput
 from lmforge.models.weights import unwrap
 from lmforge.objectives.base import Objective, ObjectiveSetup
-from lmforge.objectives.losses import linear_cross_entropy
+from lmforge.objectives.losses import output_layer_loss
 
 
 @dataclass
@@ -96,7 +96,7 @@ def electra_loss(
     head = unwrap(model).generator.output_layer()
     training = unwrap(model).training
     if training:
-        gen_loss = linear_cross_entropy(out.gen_features, head.weight, targets, bias=head.bias)
+        gen_loss = output_layer_loss(out.gen_features, head, targets)
     else:
         gen_logits = head.logits(out.gen_features).float()  # (N, vocab)
         gen_loss = F.cross_entropy(gen_logits, targets)

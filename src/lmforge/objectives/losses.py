@@ -8,8 +8,21 @@ it is a loss; models only ever return logits or features.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.autograd.function import FunctionCtx
+
+if TYPE_CHECKING:
+    from lmforge.models.layers import OutputLayer
+
+
+def output_layer_loss(features: torch.Tensor, head: OutputLayer, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `head`'s logits of features (..., k) against targets (...): the model's
+    output layer fused with the loss, in the chunks the model asks for (`OutputLayer.chunk_rows`)."""
+    return linear_cross_entropy(
+        features.flatten(0, -2), head.weight, targets.flatten(), bias=head.bias, chunk_rows=head.chunk_rows
+    )
 
 
 def linear_cross_entropy(
@@ -133,4 +146,4 @@ def _linear_cross_entropy(
     return loss_sum / count, count, grad_x, grad_w, grad_b
 
 
-__all__ = ["linear_cross_entropy"]
+__all__ = ["linear_cross_entropy", "output_layer_loss"]

@@ -19,7 +19,7 @@ from torch import nn
 from lmforge.errors import LmforgeError
 from lmforge.models.weights import unwrap
 from lmforge.objectives.base import Objective, ObjectiveSetup
-from lmforge.objectives.losses import linear_cross_entropy
+from lmforge.objectives.losses import output_layer_loss
 
 MODES = {"mlm": "mlm", "mlm+nsp": "nsp", "mlm+sop": "sop"}
 
@@ -42,8 +42,7 @@ def mlm_loss(
     positions, targets = batch["mlm_positions"], batch["mlm_targets"]
     metrics: dict[str, torch.Tensor] = {}
     if enc.training:  # the vocab projection fused with the loss: no (N, vocab) logits kept
-        head = enc.output_layer()
-        mlm = linear_cross_entropy(enc.mlm_features(h, positions), head.weight, targets, bias=head.bias)
+        mlm = output_layer_loss(enc.mlm_features(h, positions), enc.output_layer(), targets)
     else:
         logits = enc.mlm_logits(h.flatten(0, 1).index_select(0, positions)).float()
         mlm = F.cross_entropy(logits, targets)

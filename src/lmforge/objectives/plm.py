@@ -42,7 +42,7 @@ from lmforge.errors import LmforgeError
 from lmforge.models.weights import unwrap
 from lmforge.objectives.base import Objective, ObjectiveSetup, batch_rows
 from lmforge.objectives.clm import perplexity
-from lmforge.objectives.losses import linear_cross_entropy
+from lmforge.objectives.losses import output_layer_loss
 
 
 @dataclass
@@ -75,8 +75,7 @@ def plm_loss(
     targets = ids.gather(1, positions).flatten()  # (B*P,)
     metrics: dict[str, torch.Tensor] = {}
     if enc.training:
-        head = enc.output_layer()
-        loss = linear_cross_entropy(enc.mlm_head(g), head.weight, targets, bias=head.bias)
+        loss = output_layer_loss(enc.mlm_head(g), enc.output_layer(), targets)
     else:
         logits = enc.mlm_logits(g).float()  # (B*P, vocab)
         loss = F.cross_entropy(logits, targets)

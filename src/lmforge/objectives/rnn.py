@@ -29,7 +29,7 @@ from torch import nn
 
 from lmforge.models.weights import unwrap
 from lmforge.objectives.base import ObjectiveSetup
-from lmforge.objectives.losses import linear_cross_entropy
+from lmforge.objectives.losses import output_layer_loss
 
 State = tuple[torch.Tensor, ...]
 
@@ -66,10 +66,7 @@ class CarriedStateLoss:
         else:
             state = self.eval_state
         features, new_state = model(x, state, features=True)
-        head = unwrap(model).output_layer()
-        loss = linear_cross_entropy(
-            features.flatten(0, 1), head.weight, y.flatten(), bias=head.bias, chunk_rows=head.chunk_rows
-        )
+        loss = output_layer_loss(features, unwrap(model).output_layer(), y)
         # Detached: the next window's gradients stop here (truncated BPTT), and the graph of this
         # window is freed once its backward has run.
         carried = tuple(s.detach() for s in new_state)

@@ -1,7 +1,8 @@
 """Where metrics go: metrics.jsonl (the record), TensorBoard events, and a loss-curve PNG.
 
 metrics.jsonl holds one JSON object per logged step (`step`, `loss`, `lr`, `tokens_per_s`, ...)
-and one per evaluation (`step`, `val_loss`, `val_ppl`). On resume, rows past the checkpoint's
+and one per evaluation (`step`, `val_loss`, and the objective's `val_*` figures: `val_ppl` for
+language modelling, `val_mlm_acc`, a task's `val_f1`, ...). On resume, rows past the checkpoint's
 step are dropped first, so the file always describes the run that produced the weights.
 """
 

@@ -57,7 +57,13 @@ def teardown_distributed() -> None:
 
 
 def parallelize(model: nn.Module, info: DistInfo, device: torch.device, *, compile: bool) -> nn.Module:
-    """The module the training step calls: DDP-wrapped and/or compiled views of `model`."""
+    """The module the training step calls: DDP-wrapped and/or compiled views of `model`.
+
+    DDP runs without `find_unused_parameters`, and must: objectives apply the output layer (and a
+    CRF, an ELECTRA generator head) to what `forward` returned, outside it, and with that option
+    DDP would take those parameters for unused at the end of forward and then fail on their
+    gradients arriving later.
+    """
     wrapped: nn.Module = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -60,7 +60,8 @@ class TrainResult:
         return (self.val_metrics or {}).get("ppl")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, and `val_ppl` where the objective defines one (summary.json, `--json`)."""
+        return {**asdict(self), "val_ppl": self.val_ppl}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -173,6 +174,13 @@ class Trainer:
     def resume(self) -> int:
         """Restore model, optimizer, RNG, sampler and counters from the newest intact checkpoint."""
         path, meta = ckpt.find_resumable(self.state_root)
+        saved_metric = meta.get("select_metric")  # absent in checkpoints of older versions
+        if saved_metric is not None and saved_metric != self.select_metric:
+            raise LmforgeError(
+                f"{path}: the run kept its best weights by {saved_metric!r}, this resume would select by "
+                f"{self.select_metric!r} (a changed --train.select_metric or dev file); give "
+                f"--train.select_metric {saved_metric} to continue it, or start a new --out"
+            )
         if meta.get("world_size", 1) != self.dist.world_size:
             warnings.warn(
                 f"resuming a run saved with {meta.get('world_size')} processes on {self.dist.world_size}: "
@@ -197,6 +205,7 @@ class Trainer:
         state = {
             "sampler": self.train_batches.state_dict(),
             "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "select_metric": self.select_metric,  # what best_val is a value of
             "best_step": self.best_step,
             "evals_without_improvement": self.evals_without_improvement,
             "last_val": self.last_val,
