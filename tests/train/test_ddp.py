@@ -1,5 +1,6 @@
 """DDP under torchrun on CPU (gloo): two ranks must match one process with the same global batch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,44 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
         torch.testing.assert_close(p1, p2, atol=2e-5, rtol=1e-4)
     # Each rank saved its own RNG state; the checkpoint records the world size.
     assert (tmp_path / "ddp" / "train_state" / "step_00000006" / "rng.rank1.safetensors").is_file()
+
+
+TINY_FLAGS = [
+    "--model.n_layer", "1", "--model.n_head", "2", "--model.d_model", "32", "--model.max_len", "32",
+    "--tokenizer.vocab_size", "300", "--train.batch_size", "4", "--train.max_steps", "4", "--train.eval_every", "2",
+    "--train.eval_batches", "2", "--prep.val_fraction", "0.3", "--train.save_every", "2", "--train.warmup_steps", "1", "--train.progress", "false",
+    "--train.tensorboard", "false", "--train.plot", "false", "--train.device", "cpu",
+]  # fmt: skip
+
+
+def _torchrun(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "lmforge.cli",
+    ]
+    return subprocess.run([*cmd, *argv], capture_output=True, text=True, env=env, timeout=240)
+
+
+@pytest.mark.slow
+def test_ddp_trains_losses_taken_outside_forward(tmp_path, tiny_corpus):
+    """ELECTRA's generator head and a CRF are applied by the loss to what `forward` returned: under
+    DDP their gradients must still be reduced (this fails if DDP looked for unused parameters)."""
+    electra = _torchrun("pretrain", "--objective", "electra", "--data", str(tiny_corpus), "--out",
+                        str(tmp_path / "electra"), *TINY_FLAGS, "--json")  # fmt: skip
+    assert electra.returncode == 0, electra.stderr[-3000:]
+    assert json.loads(electra.stdout.strip().splitlines()[-1])["steps"] == 4
+    conll = tmp_path / "ner.txt"
+    words = [("the", "O"), ("cat", "B-ANI"), ("sat", "O"), ("on", "O"), ("bob", "B-PER"), ("smith", "I-PER")]
+    conll.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in words[i % 3 :]) for i in range(40)) + "\n")
+    ner = _torchrun("finetune", "ner", "--model", str(tmp_path / "electra"), "--train", str(conll), "--dev", str(conll),
+                    "--crf", "true", "--out", str(tmp_path / "ner"), "--train.max_steps", "4", "--train.batch_size", "4",
+                    "--train.progress", "false", "--train.tensorboard", "false", "--train.plot", "false",
+                    "--train.device", "cpu", "--json")  # fmt: skip
+    assert ner.returncode == 0, ner.stderr[-3000:]
+    assert json.loads(ner.stdout.strip().splitlines()[-1])["steps"] == 4

@@ -41,6 +41,13 @@ class Backbone(nn.Module):
             ):
                 p.requires_grad_(False)
 
+    def freeze_pooler(self) -> None:
+        """Freeze an encoder's pooler, for heads that never read the pooled [CLS] vector: a trainable
+        parameter without a gradient would make DDP wait for it forever (and AdamW skips it anyway)."""
+        pooler = getattr(self.model, "pooler", None)
+        if pooler is not None:
+            pooler.requires_grad_(False)
+
     def forward(
         self,
         input_ids: torch.Tensor,

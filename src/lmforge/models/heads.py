@@ -24,8 +24,10 @@ IGNORE = -100  # label of positions that carry no loss (padding, special tokens,
 class TaskModel(nn.Module):
     """A backbone plus a head; subclasses define `forward` (the head's outputs) and `decode`."""
 
-    def __init__(self, backbone: Backbone, head_dropout: float) -> None:
+    def __init__(self, backbone: Backbone, head_dropout: float, *, uses_pooler: bool = False) -> None:
         super().__init__()
+        if not uses_pooler:
+            backbone.freeze_pooler()
         self.backbone = backbone
         self.config = backbone.config  # the trainer and the FLOP count read model.config
         self.drop = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
@@ -78,7 +80,7 @@ class SequenceClassifier(TaskModel):
         head_dropout: float = 0.1,
         class_weights: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(backbone, head_dropout)
+        super().__init__(backbone, head_dropout, uses_pooler=pooling == "cls")
         self.pooling = pooling
         self.classifier = nn.Linear(backbone.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=0.02)

@@ -33,7 +33,7 @@ from lmforge.train.config import TrainConfig
 from lmforge.train.flops import cpu_has_native_bf16, peak_flops
 from lmforge.train.logger import MetricsLogger
 from lmforge.train.optim import lr_at, make_optimizer
-from lmforge.train.parallel import DistInfo, all_reduce_sum, parallelize
+from lmforge.train.parallel import DistInfo, all_reduce_max, all_reduce_sum, parallelize
 from lmforge.utils.device import resolve_device
 from lmforge.utils.io import atomic_write_json
 
@@ -257,9 +257,7 @@ class Trainer:
                 ).double()
                 * w
             )
-        if total is None:  # this rank had no batch; still take part in the reduction
-            total = torch.zeros(2, device=self.device, dtype=torch.float64)
-            names = []
+        total = self._agree_on_width(total)
         all_reduce_sum(total, self.dist)
         self.model.train()
         if float(total[0]) <= 0:
@@ -267,6 +265,29 @@ class Trainer:
         means = (total[1:] / total[0]).tolist()
         self.last_val_metrics = {**dict(zip(names or [], means[1:])), **self.objective.derived(means[0])}
         return means[0]
+
+    def _agree_on_width(self, total: torch.Tensor | None) -> torch.Tensor:
+        """Every rank's (weight, loss, metrics...) sums, of one width for the reduction.
+
+        A rank that drew no validation batch adds zeros; it can only do so when the objective has
+        no metrics (their names come from the batches), so with metrics all ranks stop together
+        with the fix rather than one of them leaving the reduction.
+        """
+        width = 0 if total is None else total.numel()
+        if not self.dist.enabled:
+            return total if total is not None else torch.zeros(2, device=self.device, dtype=torch.float64)
+        spread = all_reduce_max(
+            torch.tensor([width, -width], device=self.device, dtype=torch.float64), self.dist
+        )
+        widest, narrowest = int(spread[0]), -int(spread[1])
+        if widest != narrowest and not (narrowest == 0 and widest == 2):
+            raise LmforgeError(
+                f"a process drew no validation batch ({self.dist.world_size} processes share too few validation "
+                "examples); lower --train.batch_size, raise --prep.val_fraction, or train with fewer processes"
+            )
+        return (
+            total if total is not None else torch.zeros(widest or 2, device=self.device, dtype=torch.float64)
+        )
 
     def _after_eval(self, val: float, logger: MetricsLogger | None) -> bool:
         """Record a validation loss; keep the best weights; return True when patience has run out."""
