@@ -1,4 +1,5 @@
 import argparse
+import re
 
 import pytest
 
@@ -78,3 +79,23 @@ def test_a_section_given_in_part_keeps_its_parents_defaults():
     # PretrainConfig's tokenizer defaults to kind=auto (TokenizerConfig's own default is bpe).
     cfg = build_config(None, {"tokenizer": {"vocab_size": 300}})
     assert cfg.tokenizer.kind == "auto" and cfg.tokenizer.vocab_size == 300
+
+
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("beta1", 1.5, "train.beta1 must be in [0, 1)"),
+        ("beta2", -0.1, "train.beta2 must be in [0, 1)"),
+        ("eps", -1.0, "train.eps must be positive"),
+        ("weight_decay", -0.1, "train.weight_decay must be >= 0"),
+        ("warmup_steps", -5, "train.warmup_steps must be >= 0"),
+        ("grad_clip", -1.0, "train.grad_clip must be >= 0"),
+        ("seq_len", -3, "train.seq_len must be positive (or 0 for model.max_len)"),
+        ("eval_batches", 0, "train.eval_batches must be at least 1"),
+        ("threads", -2, "train.threads must be >= 0"),
+    ],
+)
+def test_training_options_are_checked_at_the_boundary(key, value, says):
+    """Values the optimizer or the loop would choke on (or silently misuse) are refused when read."""
+    with pytest.raises(LmforgeError, match=re.escape(says)):
+        from_dict(TrainConfig, {key: value}, prefix="train.")

@@ -54,3 +54,16 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_ratio <= 1:
             raise ValueError(f"train.decay_ratio must be in (0, 1], got {self.decay_ratio}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eps <= 0:
+            raise ValueError(f"train.eps must be positive (AdamW divides by sqrt(v) + eps), got {self.eps}")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "save_every",
+                     "early_stopping_patience", "threads"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.seq_len < 0:
+            raise ValueError(f"train.seq_len must be positive (or 0 for model.max_len), got {self.seq_len}")
+        if self.eval_batches < 1:
+            raise ValueError(f"train.eval_batches must be at least 1, got {self.eval_batches}")
