@@ -133,3 +133,33 @@ def test_several_prompts_decode_as_one_batch_from_the_cli_and_the_api(lm_run, ca
                  "--max_new_tokens", "6", "--temperature", "0", "--device", "cpu", "--json"])  # fmt: skip
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completions"] == alone
+
+
+def _lock(run, pid: int) -> None:
+    import socket
+
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "lock.json").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "job": "other job"}))
+
+
+@pytest.mark.slow
+def test_a_run_has_one_owner_at_a_time(tmp_path, tiny_corpus):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock(run, owner.pid)
+        with pytest.raises(
+            LmforgeError, match=rf"being trained by another process \(pid {owner.pid}.*lock\.json"
+        ):
+            lmforge.pretrain(data=str(tiny_corpus), out=str(run), **TINY)
+        assert not (run / "train_state").exists()  # nothing of the other run's folder was touched
+    finally:
+        owner.kill()
+        owner.wait()
+    # Its owner is gone: the lock is stale, and the next run takes it over, then lets it go.
+    with pytest.warns(UserWarning, match=rf"taking over the lock of pid {owner.pid}"):
+        lmforge.pretrain(data=str(tiny_corpus), out=str(run), **TINY)
+    assert not (run / "lock.json").exists() and (run / "model.safetensors").is_file()

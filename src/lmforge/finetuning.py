@@ -316,7 +316,7 @@ def finetune(
 
 def run_finetuning(cfg: FinetuneConfig, *, explicit_train: set[str] = frozenset(), resume: bool = False):
     """Train `cfg`'s task run: data, schedule, model, run directory, then the Trainer."""
-    from lmforge.run import start_training_run
+    from lmforge.run import finish_training_run, start_training_run
     from lmforge.tasks.batches import TaskBatches
     from lmforge.train.parallel import setup_distributed, teardown_distributed
     from lmforge.train.trainer import Trainer
@@ -371,6 +371,7 @@ def run_finetuning(cfg: FinetuneConfig, *, explicit_train: set[str] = frozenset(
             write_dev_report(run_dir, cfg, dev, labels, specials.pad, device)
         return result
     finally:
+        finish_training_run(run_dir, is_main=info.is_main)
         teardown_distributed()
 
 

@@ -174,7 +174,7 @@ def run_pretraining(
     """The pretraining workflow on a built config: data, model, objective, Trainer, report."""
     from lmforge.data.shards import Shards
     from lmforge.objectives import setup_objective
-    from lmforge.run import model_kind, start_training_run, write_run_config
+    from lmforge.run import finish_training_run, model_kind, start_training_run, write_run_config
     from lmforge.train.parallel import setup_distributed, teardown_distributed
     from lmforge.train.trainer import Trainer
 
@@ -206,6 +206,7 @@ def run_pretraining(
             _print_sample(setup.model, tokenizer, run_dir, sample_prompt, tcfg.seed)
         return result
     finally:
+        finish_training_run(run_dir, is_main=info.is_main)
         teardown_distributed()
 
 

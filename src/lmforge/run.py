@@ -20,6 +20,11 @@ rather than misread. Everything is JSON/YAML/safetensors: loading a run never ex
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ from lmforge.utils.io import atomic_write_json, atomic_write_text, read_json
 
 SCHEMA_VERSION = 1
 RUN_KINDS = ("lm", "encoder", "task")
+LOCK_FILE = "lock.json"  # the owner of a run being trained: {"pid", "host", "job", "since"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,10 +128,15 @@ def saved_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def start_training_run(run_dir: Path, *, resume: bool, is_main: bool, barrier: Any) -> None:
-    """Check that `run_dir` can be started (or resumed) and create it: every training command's first step.
+    """Check that `run_dir` can be started (or resumed), create it and take ownership of it: every
+    training command's first step (`finish_training_run` is its last).
 
     A folder that already holds a run is only continued with --resume; --resume needs a run to
-    continue. Only the main process creates the folder; the others wait for it at `barrier`.
+    continue. A run has one owner at a time: the main process writes `lock.json` (pid, host, the
+    job's id), and a second command training into the same folder is refused while the owner
+    lives; a lock left by a dead process on this host is taken over with a warning. The other
+    processes of a distributed job wait at `barrier`, then all check that the lock is their job's,
+    so that they stop together when it is not.
     """
     has_state = (run_dir / "train_state").is_dir()
     if resume and not has_state:
@@ -136,7 +147,70 @@ def start_training_run(run_dir: Path, *, resume: bool, is_main: bool, barrier: A
         )
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _take_lock(run_dir)
     barrier()
+    owner = _read_lock(run_dir)
+    if owner.get("job") != _job_id():
+        raise LmforgeError(
+            f"{run_dir} is being trained by another process (pid {owner.get('pid')} on {owner.get('host')}, "
+            f"since {owner.get('since')}); wait for it to finish or choose another --out (if that process "
+            f"is gone, delete {run_dir / LOCK_FILE})"
+        )
+
+
+def finish_training_run(run_dir: Path, *, is_main: bool) -> None:
+    """Give up ownership of `run_dir` (when this job holds it), however training ended."""
+    if is_main and _read_lock(run_dir).get("job") == _job_id():
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _job_id() -> str:
+    """The same string in every process of one job: torchrun's run id, else this process."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _read_lock(run_dir: Path) -> dict[str, Any]:
+    try:
+        owner = json.loads((run_dir / LOCK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process `pid` runs on this host."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _take_lock(run_dir: Path) -> None:
+    """Create lock.json atomically (O_EXCL), or take over a stale one. A live owner keeps it, and
+    `start_training_run` then refuses on every process of this job."""
+    path = run_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "job": _job_id(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(run_dir)
+            if owner.get("job") == me["job"]:
+                return
+            if owner and (owner.get("host") != me["host"] or _alive(owner.get("pid"))):
+                return  # in use: refused after the barrier
+            warnings.warn(
+                f"{path}: taking over the lock of pid {owner.get('pid')}, which no longer runs", stacklevel=3
+            )
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        return
 
 
 def check_unchanged_model(run_dir: Path, model_config: ModelConfig) -> None:
@@ -262,6 +336,7 @@ __all__ = [
     "build_run_model",
     "check_unchanged_model",
     "check_vocab",
+    "finish_training_run",
     "load",
     "model_config_of",
     "model_kind",
