@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -163,3 +164,48 @@ def test_a_run_has_one_owner_at_a_time(tmp_path, tiny_corpus):
     with pytest.warns(UserWarning, match=rf"taking over the lock of pid {owner.pid}"):
         lmforge.pretrain(data=str(tiny_corpus), out=str(run), **TINY)
     assert not (run / "lock.json").exists() and (run / "model.safetensors").is_file()
+
+
+def test_a_new_run_never_writes_over_a_users_files(tmp_path, tiny_corpus):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("my: settings\n")
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(LmforgeError, match=r"--out .*mine already holds files .*config\.yaml.*--overwrite"):
+        lmforge.pretrain(data=str(tiny_corpus), out=str(folder), **TINY)
+    assert (folder / "config.yaml").read_text() == "my: settings\n" and sorted(os.listdir(folder)) == [
+        "config.yaml", "notes.txt"
+    ]  # fmt: skip
+    lmforge.pretrain(data=str(tiny_corpus), out=str(folder), overwrite=True, **TINY)
+    assert read_run(folder).kind == "lm" and (folder / "notes.txt").read_text() == "keep me"
+    # A finished run is only continued or, when asked, started over (its old checkpoints gone).
+    with pytest.raises(LmforgeError, match="already holds a run; add --resume to continue it, --overwrite"):
+        lmforge.pretrain(data=str(tiny_corpus), out=str(folder), **TINY)
+    lmforge.pretrain(data=str(tiny_corpus), out=str(folder), overwrite=True, **{**TINY, "train.max_steps": 2})
+    assert sorted(p for p in os.listdir(folder / "train_state") if p.startswith("step_")) == ["step_00000002"]
+
+
+def test_a_file_as_out_is_a_one_line_error(tmp_path, tiny_corpus):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LmforgeError, match="is a file; give a folder"):
+        lmforge.pretrain(data=str(tiny_corpus), out=str(tmp_path / "f"), **TINY)
+
+
+def test_export_and_import_refuse_folders_that_hold_something(lm_run, tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(LmforgeError, match="that is the run being exported"):
+        lmforge.export_hf(lm_run, lm_run, overwrite=True)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x.txt").write_text("x")
+    with pytest.raises(LmforgeError, match=r"export hf .*busy is not empty.*--overwrite"):
+        lmforge.export_hf(lm_run, busy)
+    hf = lmforge.export_hf(lm_run, tmp_path / "hf")["out"]
+    lmforge.export_hf(lm_run, busy, overwrite=True)
+    before = (lm_run / "model.safetensors").read_bytes()
+    with pytest.raises(LmforgeError, match=r"import hf .*run is not empty.*--overwrite"):
+        lmforge.import_hf(hf, lm_run)
+    assert (lm_run / "model.safetensors").read_bytes() == before
+    (lm_run / "train_state").mkdir()
+    lmforge.import_hf(hf, lm_run, overwrite=True)
+    assert not (lm_run / "train_state").exists() and read_run(lm_run).config["imported_from"] == str(hf)

@@ -229,15 +229,22 @@ def generate_batch(run: Any, prompts: list[str], *, device: Any = "cpu", **optio
     return decode_batch(lm.model, lm.tokenizer, list(prompts), from_dict(GenerationConfig, options))
 
 
-def export_hf(run: Any, out: str | Path, *, pair_head: bool | None = None) -> dict[str, Any]:
+def export_hf(
+    run: Any, out: str | Path, *, pair_head: bool | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Write a run (path or loaded) as a Hugging Face transformers checkpoint directory.
 
     `pair_head` keeps an encoder's NSP/SOP head (BertForPreTraining); by default, when the run was
-    trained with one. Returns the directory and the transformers class that loads it.
+    trained with one. `out` must be new or empty unless `overwrite`, and never the run itself.
+    Returns the directory and the transformers class that loads it.
     """
     from lmforge.interop.hf import export_hf as write_hf
+    from lmforge.run import claim_output_folder
 
     lm = _language_model(run, "cpu")
+    if Path(out).resolve() == Path(lm.run_dir).resolve():
+        raise LmforgeError(f"export hf {out}: that is the run being exported; give another output folder")
+    claim_output_folder(out, overwrite=overwrite, what="export hf")
     if pair_head is None:
         pair_head = lm.config.get("objective") in ("mlm+nsp", "mlm+sop")
     path = write_hf(lm.model, lm.tokenizer, out, pair_head=pair_head)
@@ -248,11 +255,12 @@ def export_hf(run: Any, out: str | Path, *, pair_head: bool | None = None) -> di
     return {"out": str(path), "load_with": load_with}
 
 
-def import_hf(hf_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
-    """Import a Hugging Face GPT-2/Llama/Mistral/BERT directory as a run directory."""
+def import_hf(hf_dir: str | Path, run_dir: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Import a Hugging Face GPT-2/Llama/Mistral/BERT directory as a run directory (new or empty,
+    unless `overwrite`, which also drops the old run's checkpoints)."""
     from lmforge.interop.hf import import_run
 
-    model, path = import_run(hf_dir, run_dir)
+    model, path = import_run(hf_dir, run_dir, overwrite=overwrite)
     return {"run": str(path), "parameters": model.num_params()}
 
 

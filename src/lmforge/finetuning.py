@@ -298,9 +298,11 @@ def finetune(
     config: str | Path | dict[str, Any] | FinetuneConfig | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ):
     """Fine-tune a pretrained run on a labelled task; the Python twin of `lmforge finetune TASK`.
+    `overwrite` lets the run write into a folder that holds other files (or start it over).
 
     Keyword overrides may be dotted (`**{"train.max_steps": 100}`) or nested dicts. Returns the
     TrainResult, whose `val_metrics` are the dev metrics of the last evaluation and `best_score`
@@ -311,10 +313,16 @@ def finetune(
     if out is None and isinstance(config, (str, Path)):
         out = load_yaml(config).get("out")
     cfg, explicit = build_config(config, nested, resume_from=Path(out) if resume and out else None)
-    return run_finetuning(cfg, explicit_train=explicit, resume=resume)
+    return run_finetuning(cfg, explicit_train=explicit, resume=resume, overwrite=overwrite)
 
 
-def run_finetuning(cfg: FinetuneConfig, *, explicit_train: set[str] = frozenset(), resume: bool = False):
+def run_finetuning(
+    cfg: FinetuneConfig,
+    *,
+    explicit_train: set[str] = frozenset(),
+    resume: bool = False,
+    overwrite: bool = False,
+):
     """Train `cfg`'s task run: data, schedule, model, run directory, then the Trainer."""
     from lmforge.run import finish_training_run, start_training_run
     from lmforge.tasks.batches import TaskBatches
@@ -329,7 +337,9 @@ def run_finetuning(cfg: FinetuneConfig, *, explicit_train: set[str] = frozenset(
         torch.set_num_threads(tcfg.threads)
     info, device = setup_distributed(tcfg.device)
     try:
-        start_training_run(run_dir, resume=resume, is_main=info.is_main, barrier=info.barrier)
+        start_training_run(
+            run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
+        )
         torch.manual_seed(tcfg.seed)
         backbone, tokenizer, _ = load_backbone(cfg.model, from_scratch=cfg.from_scratch)
         specials = specials_of(tokenizer, backbone.arch)

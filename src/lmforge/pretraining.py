@@ -149,13 +149,15 @@ def pretrain(
     config: str | Path | dict[str, Any] | PretrainConfig | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     sample_prompt: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a language model; the Python twin of `lmforge pretrain`.
 
     `config` is a YAML path, a dict or a PretrainConfig; keyword overrides may be nested dicts
-    (`train={"max_steps": 100}`) or dotted keys (`**{"train.max_steps": 100}`).
+    (`train={"max_steps": 100}`) or dotted keys (`**{"train.max_steps": 100}`). `overwrite` lets a
+    new run write into a folder that holds other files (or start an existing run over).
     """
     from lmforge.config import nest_overrides
 
@@ -165,11 +167,11 @@ def pretrain(
         data = load_yaml(config) if isinstance(config, (str, Path)) else (config or {})
         out = Path(data.get("out", "runs/gpt")) if isinstance(data, dict) else Path("runs/gpt")
     cfg = build_config(config, nested, resume_from=out if resume else None)
-    return run_pretraining(cfg, resume=resume, sample_prompt=sample_prompt)
+    return run_pretraining(cfg, resume=resume, overwrite=overwrite, sample_prompt=sample_prompt)
 
 
 def run_pretraining(
-    cfg: PretrainConfig, *, resume: bool = False, sample_prompt: str | None = None
+    cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, sample_prompt: str | None = None
 ) -> TrainResult:
     """The pretraining workflow on a built config: data, model, objective, Trainer, report."""
     from lmforge.data.shards import Shards
@@ -184,7 +186,9 @@ def run_pretraining(
     info, device = setup_distributed(tcfg.device)
     run_dir = Path(cfg.out)
     try:
-        start_training_run(run_dir, resume=resume, is_main=info.is_main, barrier=info.barrier)
+        start_training_run(
+            run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
+        )
         shards = Shards.open(_prepare_data(cfg, run_dir, info.is_main, info.barrier))
         tokenizer = shards.tokenizer()
         seq_len = _settle_model(cfg, tokenizer, run_dir, resume)

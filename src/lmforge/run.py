@@ -41,6 +41,20 @@ from lmforge.utils.io import atomic_write_json, atomic_write_text, read_json
 SCHEMA_VERSION = 1
 RUN_KINDS = ("lm", "encoder", "task")
 LOCK_FILE = "lock.json"  # the owner of a run being trained: {"pid", "host", "job", "since"}
+# What a start that failed before its first checkpoint leaves behind: a fresh start may write over it.
+STARTED_ENTRIES = frozenset(
+    {
+        "data",
+        "run.json",
+        "config.yaml",
+        "tokenizer.json",
+        "labels.json",
+        LOCK_FILE,
+        "metrics.jsonl",
+        "events",
+        "plots",
+    }
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,12 +141,15 @@ def saved_config(run_dir: str | Path) -> dict[str, Any]:
 # The lifecycle of a run being trained
 
 
-def start_training_run(run_dir: Path, *, resume: bool, is_main: bool, barrier: Any) -> None:
+def start_training_run(
+    run_dir: Path, *, resume: bool, is_main: bool, barrier: Any, overwrite: bool = False
+) -> None:
     """Check that `run_dir` can be started (or resumed), create it and take ownership of it: every
     training command's first step (`finish_training_run` is its last).
 
-    A folder that already holds a run is only continued with --resume; --resume needs a run to
-    continue. A run has one owner at a time: the main process writes `lock.json` (pid, host, the
+    A folder that already holds a run is only continued with --resume (or started over with
+    `overwrite`); --resume needs a run to continue. A fresh start never writes over files that are
+    not the leftovers of a start that failed early (STARTED_ENTRIES) unless `overwrite`. A run has one owner at a time: the main process writes `lock.json` (pid, host, the
     job's id), and a second command training into the same folder is refused while the owner
     lives; a lock left by a dead process on this host is taken over with a warning. The other
     processes of a distributed job wait at `barrier`, then all check that the lock is their job's,
@@ -141,10 +158,13 @@ def start_training_run(run_dir: Path, *, resume: bool, is_main: bool, barrier: A
     has_state = (run_dir / "train_state").is_dir()
     if resume and not has_state:
         raise LmforgeError(f"{run_dir}: no train_state/ to resume from; drop --resume to start a new run")
-    if not resume and has_state:
+    if not resume and has_state and not overwrite:
         raise LmforgeError(
-            f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
+            f"{run_dir} already holds a run; add --resume to continue it, --overwrite to start it over, "
+            "or choose another --out"
         )
+    if not resume:
+        _check_fresh_start(run_dir, overwrite=overwrite)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _take_lock(run_dir)
@@ -156,6 +176,42 @@ def start_training_run(run_dir: Path, *, resume: bool, is_main: bool, barrier: A
             f"since {owner.get('since')}); wait for it to finish or choose another --out (if that process "
             f"is gone, delete {run_dir / LOCK_FILE})"
         )
+
+
+def _check_fresh_start(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to start a run in a folder holding other files (a user's, a model's), unless told to."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise LmforgeError(f"--out {run_dir} is a file; give a folder for the run")
+    # A run's own leftovers are recognised by its run.json; without one, only prepared shards are.
+    ours = STARTED_ENTRIES if (run_dir / "run.json").is_file() else {"data", LOCK_FILE}
+    others = sorted(p.name for p in run_dir.iterdir() if p.name not in ours and p.name != "train_state")
+    if (run_dir / "data").exists() and not (run_dir / "data" / "manifest.json").is_file():
+        others.append("data")  # a folder of the user's, not the shards of an earlier start
+    if others and not overwrite:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise LmforgeError(
+            f"--out {run_dir} already holds files a new run would overwrite ({shown}); choose another --out, "
+            "or add --overwrite to write the run into it"
+        )
+    if overwrite:  # starting over: the old checkpoints must not be resumed by mistake later
+        import shutil
+
+        shutil.rmtree(run_dir / "train_state", ignore_errors=True)
+
+
+def claim_output_folder(path: str | Path, *, overwrite: bool, what: str) -> Path:
+    """The folder an export or an import writes, refused when it already holds anything (unless
+    `overwrite`) or is a file; `what` names the command's argument in the message."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LmforgeError(f"{what} {path} is a file; give a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise LmforgeError(
+            f"{what} {path} is not empty; choose an empty or new folder, or add --overwrite to write into it"
+        )
+    return path
 
 
 def finish_training_run(run_dir: Path, *, is_main: bool) -> None:
@@ -336,6 +392,7 @@ __all__ = [
     "build_run_model",
     "check_unchanged_model",
     "check_vocab",
+    "claim_output_folder",
     "finish_training_run",
     "load",
     "model_config_of",

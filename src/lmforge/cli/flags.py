@@ -19,6 +19,10 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"write {what} even when it already holds files")
+
+
 def add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import lmforge
-from lmforge.cli.flags import NewCommand, add_json_flag
+from lmforge.cli.flags import NewCommand, add_json_flag, add_overwrite_flag
 from lmforge.cli.output import emit, format_fields
 
 
@@ -23,12 +23,12 @@ def add_info(new: NewCommand) -> None:
 
 def cmd_export_hf(ns: argparse.Namespace) -> None:
     pair_head = None if ns.pair_head is None else ns.pair_head == "true"
-    res = lmforge.export_hf(ns.run, ns.out, pair_head=pair_head)
+    res = lmforge.export_hf(ns.run, ns.out, pair_head=pair_head, overwrite=ns.overwrite)
     emit(res, ns.json, f"exported {ns.run} to {res['out']} (load it with transformers' {res['load_with']})")
 
 
 def cmd_import_hf(ns: argparse.Namespace) -> None:
-    res = lmforge.import_hf(ns.hf_dir, ns.run)
+    res = lmforge.import_hf(ns.hf_dir, ns.run, overwrite=ns.overwrite)
     emit(res, ns.json, f"imported {ns.hf_dir} ({res['parameters'] / 1e6:.2f}M parameters) into {res['run']}")
 
 
@@ -46,6 +46,7 @@ def add_export(new: NewCommand) -> None:
         "--pair_head", choices=("true", "false"), default=None,
         help="keep an encoder's NSP/SOP head, as BertForPreTraining (default: when the run was trained with one)",
     )  # fmt: skip
+    add_overwrite_flag(p, "into the output folder")
     add_json_flag(p)
     p.set_defaults(func=cmd_export_hf)
 
@@ -58,5 +59,6 @@ def add_import(new: NewCommand) -> None:
     )
     p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer files")
     p.add_argument("run", help="run directory to create")
+    add_overwrite_flag(p, "into the run directory (its old checkpoints are dropped)")
     add_json_flag(p)
     p.set_defaults(func=cmd_import_hf)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 import lmforge
-from lmforge.cli.flags import NewCommand, add_json_flag
+from lmforge.cli.flags import NewCommand, add_json_flag, add_overwrite_flag
 from lmforge.cli.output import emit, format_fields
 from lmforge.config import add_dataclass_flags, namespace_overrides
 
@@ -19,7 +19,11 @@ def cmd_pretrain(ns: argparse.Namespace) -> None:
 
     overrides = namespace_overrides(ns, PretrainConfig)
     result = lmforge.pretrain(
-        ns.config, resume=ns.resume, sample_prompt=None if ns.json else ns.sample, **overrides
+        ns.config,
+        resume=ns.resume,
+        overwrite=ns.overwrite,
+        sample_prompt=None if ns.json else ns.sample,
+        **overrides,
     )
     d = result.to_dict()
     hidden = ("select_metric", "best_score", "val_metrics", "val_ppl")
@@ -41,6 +45,7 @@ def add_pretrain(new: NewCommand) -> None:
     p = new("pretrain", "pretrain a language model (no --data: the built-in corpus)")
     p.add_argument("--config", help="YAML file with model/train/tokenizer/prep sections; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    add_overwrite_flag(p, "the run into --out (or start the run there over)")
     p.add_argument(
         "--sample", default="The", help="prompt for the sample printed at the end (default: 'The')"
     )
@@ -54,7 +59,7 @@ def cmd_finetune(ns: argparse.Namespace) -> None:
 
     overrides = namespace_overrides(ns, FinetuneConfig)
     overrides["task"] = ns.task
-    result = lmforge.finetune(ns.config, resume=ns.resume, **overrides)
+    result = lmforge.finetune(ns.config, resume=ns.resume, overwrite=ns.overwrite, **overrides)
     d = {k: v for k, v in result.to_dict().items() if k != "val_ppl"}  # a task has no perplexity
     metrics = d.pop("val_metrics", None) or {}
     human = "fine-tuning finished\n" + format_fields({k: v for k, v in d.items() if v is not None})
@@ -77,6 +82,7 @@ def add_finetune(new: NewCommand) -> None:
         p.add_argument(
             "--resume", action="store_true", help="continue the run in --out exactly where it stopped"
         )
+        add_overwrite_flag(p, "the run into --out (or start the run there over)")
         p.add_argument("--model", dest="model", default=argparse.SUPPRESS,
                        help="pretrained run directory (encoder or decoder) or Hugging Face model directory")  # fmt: skip
         p.add_argument("--train", dest="train_file", default=argparse.SUPPRESS, help="labelled training file")

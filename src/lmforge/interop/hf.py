@@ -545,16 +545,22 @@ def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:
     return model.eval(), tokenizer
 
 
-def import_run(hf_dir: str | Path, run_dir: str | Path) -> tuple[torch.nn.Module, Path]:
+def import_run(
+    hf_dir: str | Path, run_dir: str | Path, *, overwrite: bool = False
+) -> tuple[torch.nn.Module, Path]:
     """Import a Hugging Face checkpoint directory as a run directory; returns (model, run_dir).
 
     The run records the objective the checkpoint's heads were trained for (clm for causal LMs;
     mlm+nsp for BertForPreTraining, whose NSP head came along; mlm otherwise), so that evaluation
     and a later export treat it like a run trained here.
     """
-    from lmforge.run import write_run
+    import shutil
 
+    from lmforge.run import claim_output_folder, write_run
+
+    run_dir = claim_output_folder(run_dir, overwrite=overwrite, what="import hf")
     model, tokenizer = import_hf(hf_dir)
+    shutil.rmtree(run_dir / "train_state", ignore_errors=True)  # checkpoints of whatever was there
     objective = "clm"
     if model.config.arch == "encoder":
         archs = read_json(Path(hf_dir) / "config.json").get("architectures") or []
