@@ -209,3 +209,31 @@ def test_export_and_import_refuse_folders_that_hold_something(lm_run, tmp_path):
     (lm_run / "train_state").mkdir()
     lmforge.import_hf(hf, lm_run, overwrite=True)
     assert not (lm_run / "train_state").exists() and read_run(lm_run).config["imported_from"] == str(hf)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_corpus):
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    flags = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "lmforge.cli", "pretrain", "--data", str(tiny_corpus), "--out", str(run), *flags,
+           "--train.max_steps=100000", "--train.log_every=1", "--train.save_every=0", "--train.eval_every=0",
+           "--train.progress=true"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stderr:  # wait until it trains
+        if line.startswith("step"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143, rest
+    assert "stopped by SIGTERM at step" in rest and "Traceback" not in rest
+    step = int(rest.split("stopped by SIGTERM at step ")[1].split(",")[0])
+    assert (run / "train_state" / f"step_{step:08d}").is_dir() and not (run / "lock.json").exists()
+    result = lmforge.pretrain(
+        out=str(run), resume=True, **{"train.max_steps": step + 2, "train.progress": False}
+    )
+    assert result.steps == step + 2

@@ -14,3 +14,17 @@ class LmforgeError(Exception):
     def __init__(self, message: str):
         # Collapse to one line so logs and terminals show the whole message.
         super().__init__(" ".join(str(message).split()))
+
+
+class TrainingStopped(LmforgeError):
+    """Training was asked to stop (SIGTERM, as schedulers send, or a first Ctrl-C) and stopped
+    after the step it was in, with a checkpoint of that step saved; `exit_code` is the shell's."""
+
+    def __init__(self, signum: int, step: int, run_dir: object) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} at step {step}, with a checkpoint saved; continue with --resume ({run_dir})"
+        )
+        self.exit_code = 128 + signum

@@ -22,7 +22,7 @@ from lmforge.cli.ngram import add_ngram
 from lmforge.cli.runs import add_export, add_import, add_info
 from lmforge.cli.training import add_finetune, add_pretrain, add_scaling
 from lmforge.config import unknown_option_error
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, TrainingStopped
 from lmforge.version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             raise unknown_option_error(_leaf_parser(parser, argv), rest)
         ns.func(ns)
         return 0
+    except TrainingStopped as e:
+        print(f"lmforge: {e}", file=sys.stderr)
+        return e.exit_code
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2

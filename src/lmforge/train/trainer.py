@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, TrainingStopped
 from lmforge.models.weights import save_weights
 from lmforge.objectives.base import Loss, Objective
 from lmforge.train import checkpoint as ckpt
@@ -384,6 +386,7 @@ class Trainer:
                 f"run already at step {start_step} >= train.max_steps={cfg.max_steps}; nothing to do",
                 file=sys.stderr,
             )
+        stop = _StopSignals()
         try:
             while self.step < cfg.max_steps:
                 lr = lr_at(self.step, cfg)
@@ -399,10 +402,15 @@ class Trainer:
                     progress.update(self.step, row)
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
                     stopped_early = self._evaluate_and_select(logger, progress)
-                if (cfg.save_every and self.step % cfg.save_every == 0) or last_step or stopped_early:
+                saved = (cfg.save_every and self.step % cfg.save_every == 0) or last_step or stopped_early
+                if saved:
                     self._save()
                 if stopped_early:
                     break
+                if stop.agreed(self.dist, self.device, at_log=self.step % cfg.log_every == 0):
+                    if not saved:
+                        self._save()
+                    raise TrainingStopped(stop.signum, self.step, self.run_dir)
         except RuntimeError as e:
             if _is_oom(e):
                 raise LmforgeError(
@@ -411,6 +419,7 @@ class Trainer:
                 ) from None
             raise
         finally:
+            stop.restore()
             progress.close()
             if logger:
                 logger.close()
@@ -476,6 +485,41 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", result.to_dict())
         return result
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT while training: the first asks the loop to stop after the current step
+    (saving a checkpoint); a second one stops at once, as Ctrl-C always did. Installed only in the
+    main thread (where Python delivers signals); elsewhere training cannot be stopped this way."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # asked twice: do not wait for the step to end
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def agreed(self, dist: DistInfo, device: torch.device, *, at_log: bool) -> bool:
+        """Whether to stop now: at once alone; with several processes, at a log step and only all
+        together (the signal reaches them at slightly different steps)."""
+        if not dist.enabled:
+            return bool(self.signum)
+        if not at_log:
+            return False
+        flag = all_reduce_max(torch.tensor([float(self.signum)], device=device), dist)
+        self.signum = int(flag.item())
+        return bool(self.signum)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 class _Window:
