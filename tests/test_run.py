@@ -91,11 +91,12 @@ def test_the_writer_refuses_an_unknown_kind(tmp_path):
 
 def test_the_lifecycle_refuses_to_overwrite_or_to_resume_nothing(tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(LmforgeError, match="no train_state/ to resume from"):
+    with pytest.raises(LmforgeError, match="no checkpoint in train_state/ to resume from"):
         start_training_run(run, resume=True, is_main=True, barrier=lambda: None)
     start_training_run(run, resume=False, is_main=True, barrier=lambda: None)
     assert run.is_dir()
-    (run / "train_state").mkdir()
+    (run / "train_state" / "step_00000001").mkdir(parents=True)  # a checkpoint (as the trainer writes it)
+    (run / "train_state" / "step_00000001" / "state.json").write_text("{}")
     with pytest.raises(LmforgeError, match="already holds a run; add --resume"):
         start_training_run(run, resume=False, is_main=True, barrier=lambda: None)
     start_training_run(run, resume=True, is_main=True, barrier=lambda: None)
@@ -237,3 +238,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_corpus):
         out=str(run), resume=True, **{"train.max_steps": step + 2, "train.progress": False}
     )
     assert result.steps == step + 2
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, tiny_corpus):
+    import shutil
+
+    run = tmp_path / "run"
+    lmforge.pretrain(data=str(tiny_corpus), out=str(run), **TINY)
+    # What a kill while writing the first checkpoint leaves: a temporary folder, no step_* one.
+    for step in (run / "train_state").glob("step_*"):
+        step.rename(run / "train_state" / f".tmp-{step.name}")
+    (run / "model.safetensors").unlink()
+    (run / "summary.json").unlink()
+    with pytest.raises(LmforgeError, match=r"no checkpoint in train_state/ to resume from"):
+        lmforge.pretrain(out=str(run), resume=True, **{"train.progress": False})
+    result = lmforge.pretrain(data=str(tiny_corpus), out=str(run), **TINY)
+    assert result.steps == TINY["train.max_steps"] and not list((run / "train_state").glob(".tmp-*"))
+    shutil.rmtree(run / "train_state")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -155,9 +156,13 @@ def start_training_run(
     processes of a distributed job wait at `barrier`, then all check that the lock is their job's,
     so that they stop together when it is not.
     """
-    has_state = (run_dir / "train_state").is_dir()
+    # A checkpoint is a train_state/step_* folder (written under a temporary name, then renamed):
+    # a run killed while writing its first one holds none, and starts afresh.
+    has_state = any((run_dir / "train_state").glob("step_*/state.json"))
     if resume and not has_state:
-        raise LmforgeError(f"{run_dir}: no train_state/ to resume from; drop --resume to start a new run")
+        raise LmforgeError(
+            f"{run_dir}: no checkpoint in train_state/ to resume from; drop --resume to start a new run"
+        )
     if not resume and has_state and not overwrite:
         raise LmforgeError(
             f"{run_dir} already holds a run; add --resume to continue it, --overwrite to start it over, "
@@ -195,10 +200,9 @@ def _check_fresh_start(run_dir: Path, *, overwrite: bool) -> None:
             f"--out {run_dir} already holds files a new run would overwrite ({shown}); choose another --out, "
             "or add --overwrite to write the run into it"
         )
-    if overwrite:  # starting over: the old checkpoints must not be resumed by mistake later
-        import shutil
-
-        shutil.rmtree(run_dir / "train_state", ignore_errors=True)
+    # Starting over (or after a start killed before its first checkpoint): no old checkpoint may
+    # be resumed by mistake later.
+    shutil.rmtree(run_dir / "train_state", ignore_errors=True)
 
 
 def claim_output_folder(path: str | Path, *, overwrite: bool, what: str) -> Path:
