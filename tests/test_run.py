@@ -256,3 +256,18 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, tiny_c
     result = lmforge.pretrain(data=str(tiny_corpus), out=str(run), **TINY)
     assert result.steps == TINY["train.max_steps"] and not list((run / "train_state").glob(".tmp-*"))
     shutil.rmtree(run / "train_state")
+
+
+@pytest.mark.slow
+def test_a_lost_config_is_rebuilt_from_the_checkpoint(tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    lmforge.pretrain(data=str(tiny_corpus), out=str(run), objective="mlm", **TINY)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").unlink()
+    (run / "run.json").unlink()
+    with pytest.warns(UserWarning, match="config.yaml was missing; rebuilt it from step_00000004"):
+        result = lmforge.pretrain(
+            out=str(run), resume=True, **{"train.max_steps": 6, "train.progress": False}
+        )
+    assert result.steps == 6 and read_run(run).kind == "encoder"
+    assert saved.splitlines()[:3] == (run / "config.yaml").read_text().splitlines()[:3]

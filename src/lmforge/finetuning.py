@@ -365,6 +365,7 @@ def run_finetuning(
             flops_per_token=model.flops_per_token(batches.seq_len),
             evaluator=_dev_evaluator(cfg, dev, labels, specials.pad, device),
             lr_scale=layer_lr_scale(model, cfg.layer_decay),
+            run_record={"kind": "task", "config": task_run_config(cfg, backbone.config)},
         )  # fmt: skip
         if info.is_main:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -487,16 +488,20 @@ class TaskRun:
         return specials_of(self.tokenizer, self.model.backbone.arch).pad
 
 
+def task_run_config(cfg: FinetuneConfig, model_config: ModelConfig) -> dict[str, Any]:
+    """A task run's config.yaml: the task, model (the backbone's architecture) and train sections."""
+    return {"task": {k: v for k, v in to_dict(cfg).items() if k != "train"},
+            "model": to_dict(model_config), "train": to_dict(cfg.train)}  # fmt: skip
+
+
 def write_task_run(
     run_dir: Path, cfg: FinetuneConfig, model_config: ModelConfig, tokenizer: Any, labels: LabelMap
 ) -> None:
-    """What `load_task` reads back: the run's config (task / model / train sections, kind "task"),
-    tokenizer.json and labels.json; the weights come from the trainer's checkpoints."""
+    """What `load_task` reads back: the run's config (kind "task"), tokenizer.json and labels.json;
+    the weights come from the trainer's checkpoints."""
     from lmforge.run import write_run_config
 
-    saved = {"task": {k: v for k, v in to_dict(cfg).items() if k != "train"},
-             "model": to_dict(model_config), "train": to_dict(cfg.train)}  # fmt: skip
-    write_run_config(run_dir, "task", saved)
+    write_run_config(run_dir, "task", task_run_config(cfg, model_config))
     tokenizer.save(run_dir / "tokenizer.json")
     labels.save(run_dir / "labels.json")
 

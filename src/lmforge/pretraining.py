@@ -202,6 +202,7 @@ def run_pretraining(
         trainer = Trainer(
             setup.model, setup.batches, tcfg, run_dir, val_batches=setup.val_batches, objective=setup.objective,
             device=device, dist=info, flops_per_token=setup.flops_per_token,
+            run_record={"kind": model_kind(cfg.model), "config": to_dict(cfg)},
         )  # fmt: skip
         if info.is_main:
             _print_plan(cfg, setup, shards, device, trainer.precision)

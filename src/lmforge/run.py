@@ -108,7 +108,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
     if not run_dir.is_dir():
         raise LmforgeError(f"{run_dir}: no such run directory")
     cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
+    if not cfg_path.is_file() and not _restore_config(run_dir):
         raise LmforgeError(
             f"{run_dir}: not a run directory (no config.yaml); give the --out folder of a training run"
         )
@@ -131,9 +131,30 @@ def read_run(run_dir: str | Path) -> RunInfo:
     return RunInfo(run_dir, kind, version, config)
 
 
+def _restore_config(run_dir: Path) -> bool:
+    """Rebuild a lost config.yaml (and run.json) from the newest checkpoint that carries them."""
+    for state in sorted((run_dir / "train_state").glob("step_*/state.json"), reverse=True):
+        try:
+            record = json.loads(state.read_text(encoding="utf-8")).get("run")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if (
+            isinstance(record, dict)
+            and record.get("kind") in RUN_KINDS
+            and isinstance(record.get("config"), dict)
+        ):
+            warnings.warn(
+                f"{run_dir}: config.yaml was missing; rebuilt it from {state.parent.name}", stacklevel=3
+            )
+            write_run_config(run_dir, record["kind"], record["config"])
+            return True
+    return False
+
+
 def saved_config(run_dir: str | Path) -> dict[str, Any]:
     """The config a run was started with, for --resume."""
-    if not (Path(run_dir) / "config.yaml").is_file():
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() and not _restore_config(run_dir):
         raise LmforgeError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start a new run")
     return read_run(run_dir).config
 

@@ -135,8 +135,12 @@ class Trainer:
         flops_per_token: float | None = None,
         evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
         lr_scale: Callable[[str], float] | None = None,
+        run_record: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        # The run directory's identity ({"kind", "config"}), carried by every checkpoint so that a
+        # run whose config.yaml was lost can still be resumed (lmforge.run.read_run rebuilds it).
+        self.run_record = run_record
         self.dist = dist or DistInfo()
         # An explicit device wins (torchrun passes the local rank's); otherwise train.device decides.
         self.device = device or resolve_device(cfg.device, self.dist.local_rank)
@@ -212,6 +216,7 @@ class Trainer:
             "evals_without_improvement": self.evals_without_improvement,
             "last_val": self.last_val,
             "tokens_seen": self.step * self.tokens_per_step,
+            **({"run": self.run_record} if self.run_record is not None else {}),
         }
         ckpt.write_checkpoint(
             self.state_root, self.step, self.model, self.optimizer, state,
