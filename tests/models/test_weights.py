@@ -54,3 +54,19 @@ def test_unexpected_key_is_named(tmp_path):
     save_file({**sd, "extra.weight": torch.zeros(2)}, str(tmp_path / "m.safetensors"))
     with pytest.raises(LmforgeError, match=r"unexpected weight 'extra\.weight'"):
         weights.load_weights(Tied(), tmp_path / "m.safetensors")
+
+
+def test_one_flipped_bit_in_a_weights_file_is_caught(tmp_path):
+    """save_weights records a digest of the tensors in the header; reading checks it."""
+    from lmforge.models.weights import read_safetensors, save_weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    path = tmp_path / "model.safetensors"
+    save_weights(model, path)
+    assert torch.equal(read_safetensors(path)["weight"], model.weight)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01  # one bit of the last tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(LmforgeError, match="do not match the checksum the file was written with"):
+        read_safetensors(path)

@@ -45,7 +45,7 @@ import numpy as np
 
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
-from lmforge.utils.io import atomic_write_json, read_json
+from lmforge.utils.io import atomic_write_json, read_json, sha256_file
 
 FORMAT = "lmforge-shards"
 VERSION = 1
@@ -197,14 +197,6 @@ def _write_idx(path: Path, starts: np.ndarray, total: int) -> None:
     del arr
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_COPY_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _copy_range(src: Path, dst: BinaryIO, start: int = 0, length: int | None = None) -> None:
     with open(src, "rb") as f:
         f.seek(start)
@@ -272,8 +264,8 @@ def _finish_by_position(
     _write_idx(tmp / "train.idx", train_starts, cut)
     _write_idx(tmp / "val.idx", val_starts, n_val)
     return {
-        "train": _split_entry(cut, len(train_starts), train_bytes, _sha256_file(train.bin_path)),
-        "val": _split_entry(n_val, len(val_starts), total_bytes - train_bytes, _sha256_file(val.bin_path)),
+        "train": _split_entry(cut, len(train_starts), train_bytes, sha256_file(train.bin_path)),
+        "val": _split_entry(n_val, len(val_starts), total_bytes - train_bytes, sha256_file(val.bin_path)),
     }
 
 
@@ -629,7 +621,7 @@ class Shards:
         for split in SPLITS:
             info = self._split(split)
             p = self.path / f"{split}.bin"
-            if _sha256_file(p) != info["sha256"]:
+            if sha256_file(p) != info["sha256"]:
                 raise LmforgeError(f"{p}: contents do not match the sha256 in {MANIFEST} (corrupted); {_FIX}")
             idx = self.doc_offsets(split)
             if len(idx) > 1 and bool(np.any(np.diff(idx) < 0)):

@@ -13,10 +13,11 @@ Works for any nn.Module (the Transformer, and the baselines and heads to come):
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -48,13 +49,25 @@ def weights_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): what a weights
+    file records of itself, so that one flipped bit is caught when the file is read."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's weights atomically (temp file + rename)."""
+    """Write the model's weights atomically (temp file + rename), with their digest in the header."""
     from safetensors.torch import save_file
 
     tensors = {k: v.cpu().contiguous() for k, v in weights_for_save(model).items()}
+    meta = {"format": "pt", **(metadata or {}), "sha256": tensors_digest(tensors)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -63,12 +76,20 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LmforgeError(f"{path}: file not found")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            expected = (f.metadata() or {}).get("sha256")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise LmforgeError(
             f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0]}); "
             "restore it from a backup or resume from an earlier checkpoint in train_state/"
         ) from None
+    if expected is not None and tensors_digest(tensors) != expected:  # files of other tools have none
+        raise LmforgeError(
+            f"{path}: the weights do not match the checksum the file was written with (the file is "
+            "damaged); restore it from a backup, or copy a checkpoint's train_state/step_*/model.safetensors"
+        )
+    return tensors
 
 
 # Fused projections and the separate Linears whose rows they stack, in this order.

@@ -19,7 +19,6 @@ saving leaves the previous checkpoint untouched; nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,16 +32,7 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.weights import load_weights, read_safetensors, weights_for_save
-from lmforge.utils.io import atomic_write_json, read_json
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
+from lmforge.utils.io import atomic_write_json, read_json, sha256_file
 
 # ---------------------------------------------------------------- optimizer
 
