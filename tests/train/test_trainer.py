@@ -158,3 +158,20 @@ def test_resume_refuses_to_select_by_another_figure(tmp_path):
     with pytest.raises(LmforgeError, match=r"kept its best weights by 'loss'.*--train.select_metric loss"):
         _trainer(tmp_path / "run", 10, select_metric="ppl").fit(resume=True)
     assert _trainer(tmp_path / "run", 10, select_metric="loss").fit(resume=True).steps == 10
+
+
+def test_a_diverging_run_keeps_the_checkpoint_it_can_be_resumed_from(tmp_path):
+    run = tmp_path / "run"
+    _trainer(run, 6).fit()  # checkpoints at steps 3 and 6 (save_every=3)
+    good = (run / "train_state" / "step_00000006" / "model.safetensors").read_bytes()
+    diverging = _trainer(run, 15, lr=1e6, max_nan_steps=100)
+    with pytest.warns(UserWarning, match="the weights have diverged"):
+        diverging.fit(resume=True)
+    steps = sorted(p.name for p in (run / "train_state").glob("step_*"))
+    assert (
+        steps[-1] == "step_00000006"
+        and json.loads((run / "train_state" / "latest.json").read_text())["step"] == 6
+    )
+    assert (run / "train_state" / "step_00000006" / "model.safetensors").read_bytes() == good
+    resumed = _trainer(run, 9)
+    assert resumed.resume() == 6 and resumed.fit(resume=True).steps == 9

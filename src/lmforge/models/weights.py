@@ -60,14 +60,17 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's weights atomically (temp file + rename), with their digest in the header."""
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Write the model's weights atomically (temp file + rename), with their digest in the header.
+
+    The digest is the header's only metadata: safetensors writes metadata keys in no fixed order,
+    and one key keeps the file's bytes the same for the same weights (resume tests compare them).
+    """
     from safetensors.torch import save_file
 
     tensors = {k: v.cpu().contiguous() for k, v in weights_for_save(model).items()}
-    meta = {"format": "pt", **(metadata or {}), "sha256": tensors_digest(tensors)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata={"sha256": tensors_digest(tensors)})
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

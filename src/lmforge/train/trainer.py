@@ -207,7 +207,34 @@ class Trainer:
         self.last_val = meta.get("last_val")
         return self.step
 
+    def _weight_norm(self) -> float:
+        """The global L2 norm of the trained weights (one host sync)."""
+        return float(
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in self.params])
+            )
+        )
+
+    def _healthy(self) -> bool:
+        """Whether the weights may be saved: finite, and not grown more than EXPLODED times past
+        the last weights that were saved (or loaded). A diverging run must not replace, nor prune,
+        the checkpoints it could be resumed from."""
+        norm = self._weight_norm()
+        ok = math.isfinite(norm) and norm <= EXPLODED * self.healthy_norm
+        if ok:
+            self.healthy_norm = norm
+        elif self.dist.is_main:
+            warnings.warn(
+                f"step {self.step}: the weights have diverged (norm {norm:.3g}, against {self.healthy_norm:.3g} "
+                "when last saved); not saving them: the last checkpoint in train_state/ is the one to resume "
+                f"from, with a lower --train.lr (now {self.cfg.lr})",
+                stacklevel=3,
+            )
+        return ok
+
     def _save(self) -> None:
+        if not self._healthy():
+            return
         state = {
             "sampler": self.train_batches.state_dict(),
             "best_val": self.best_val if math.isfinite(self.best_val) else None,
@@ -373,6 +400,7 @@ class Trainer:
     def fit(self, *, resume: bool = False) -> TrainResult:
         cfg, dist = self.cfg, self.dist
         start_step = self.resume() if resume else 0
+        self.healthy_norm = self._weight_norm()  # what the weights may grow from before a save is refused
         main = dist.is_main
         logger = (
             MetricsLogger(
@@ -490,6 +518,11 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", result.to_dict())
         return result
+
+
+# A save is refused when the weights' norm has grown past this factor since they were last saved:
+# healthy training moves it by percents between checkpoints, a diverging one by orders of magnitude.
+EXPLODED = 10.0
 
 
 class _StopSignals:
