@@ -279,3 +279,18 @@ def test_info_generate_fill_mask_and_export_print_what_the_api_returns(tiny_runs
         "out": str(tmp_path / "hf")
     }
     assert last_json(out)["load_with"] == "AutoModelForCausalLM"
+
+
+def test_help_shows_the_defaults_that_really_apply(capsys):
+    """A section's defaults are its parent's (fine-tuning trains at 5e-5, not pretraining's 6e-4),
+    and what a command works out itself is described rather than shown as a number."""
+    with pytest.raises(SystemExit):
+        main(["finetune", "classify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--train.lr FLOAT peak learning rate reached after warmup (default: 5e-05)" in text
+    assert "(default: 0.01)" in text.rsplit("--train.weight_decay", 1)[1][:120]  # the option, not the usage
+    assert "(default: epochs x optimizer steps per epoch)" in text and "(default: 2000)" not in text
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: auto)" in text.rsplit("--tokenizer.kind", 1)[1][:400]

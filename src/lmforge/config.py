@@ -209,25 +209,38 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def flat_fields(cls: type, prefix: str = "") -> dict[str, tuple[Any, Any, str]]:
-    """Map 'section.field' -> (type, default, help) for every leaf field of a dataclass tree."""
+def flat_fields(cls: type, prefix: str = "", instance: Any = None) -> dict[str, tuple[Any, Any, str]]:
+    """Map 'section.field' -> (type, default, help) for every leaf field of a dataclass tree.
+
+    The defaults are those of `cls()`'s tree when it can be built with no arguments, so a nested
+    section whose parent gives it other defaults (fine-tuning's `train`: lr 5e-5, not pretraining's
+    6e-4) shows the values that really apply.
+    """
+    if instance is None:
+        try:
+            instance = cls()
+        except (TypeError, ValueError):
+            instance = None
     out: dict[str, tuple[Any, Any, str]] = {}
     ftypes = _field_types(cls)
     for f in dataclasses.fields(cls):
         tp = ftypes[f.name]
         base, _ = _unwrap_optional(tp)
         name = prefix + f.name
+        value = getattr(instance, f.name) if instance is not None else _field_default(f)
         if dataclasses.is_dataclass(base):
-            out.update(flat_fields(base, name + "."))
+            out.update(flat_fields(base, name + ".", value if dataclasses.is_dataclass(value) else None))
         else:
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = None
-            out[name] = (tp, default, f.metadata.get("help", ""))
+            out[name] = (tp, value, f.metadata.get("help", ""))
     return out
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -274,11 +287,15 @@ def all_field_help(cls: type, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def add_dataclass_flags(parser: Any, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+def add_dataclass_flags(
+    parser: Any, cls: type, *, skip: tuple[str, ...] = (), shown_defaults: dict[str, str] | None = None
+) -> None:
     """Add `--a.b` flags for every leaf field of dataclass `cls` to an argparse parser.
 
     Values arrive as strings and are converted by `from_dict`, so the CLI and YAML share one set of
     rules; defaults are suppressed so that only the flags a user typed override the YAML.
+    `shown_defaults` describes the defaults a command works out itself (from other options or the
+    data), so that `--help` says what will really apply.
     """
     import argparse
 
@@ -298,6 +315,7 @@ def add_dataclass_flags(parser: Any, cls: type, *, skip: tuple[str, ...] = ()) -
         if typing.get_origin(base) is typing.Literal:
             metavar = "{" + ",".join(map(str, typing.get_args(base))) + "}"
         text = helps.get(name, "")
+        default = (shown_defaults or {}).get(name, default)
         text = f"{text} (default: {default})" if text else f"(default: {default})"
         text = text.replace("%", "%%")  # argparse formats help strings with %
         kwargs: dict[str, Any] = {

@@ -54,6 +54,16 @@ def add_pretrain(new: NewCommand) -> None:
     p.set_defaults(func=cmd_pretrain)
 
 
+# What fine-tuning works out from --epochs, --warmup_ratio, the data and the task unless given.
+FINETUNE_SCHEDULE = {
+    "train.max_steps": "epochs x optimizer steps per epoch",
+    "train.warmup_steps": "warmup_ratio x max_steps",
+    "train.eval_every": "once per epoch",
+    "train.save_every": "at each evaluation",
+    "train.select_metric": "the task's dev metric (auto), the loss without --dev",
+}
+
+
 def cmd_finetune(ns: argparse.Namespace) -> None:
     from lmforge.finetuning import FinetuneConfig
 
@@ -89,7 +99,7 @@ def add_finetune(new: NewCommand) -> None:
         p.add_argument("--dev", dest="dev_file", default=argparse.SUPPRESS,
                        help="labelled dev file: picks the best checkpoint by the task metric")  # fmt: skip
         skip = ("task", "model", "train_file", "dev_file", *options_of_other_tasks(task))
-        add_dataclass_flags(p, FinetuneConfig, skip=skip)
+        add_dataclass_flags(p, FinetuneConfig, skip=skip, shown_defaults=FINETUNE_SCHEDULE)
         add_json_flag(p)
         p.set_defaults(func=cmd_finetune)
 
