@@ -294,3 +294,12 @@ def test_help_shows_the_defaults_that_really_apply(capsys):
         main(["pretrain", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: auto)" in text.rsplit("--tokenizer.kind", 1)[1][:400]
+
+
+def test_every_ner_option_has_its_own_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "ner", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--token_column INT NER: the CoNLL column holding the word" in text
+    assert "--tag_column INT NER: the CoNLL column holding the tag" in text
+    assert "NER: the training file's tag scheme" in text

@@ -60,9 +60,9 @@ class FinetuneConfig:
     text_column: str = "auto"
     text_pair_column: str | None = None  # second text of sentence-pair tasks (auto-found by name too)
     label_column: str = "auto"
-    # NER: which CoNLL columns hold the word and the tag (-1 = last), and the file's tag scheme
-    token_column: int = 0
-    tag_column: int = -1
+    token_column: int = 0  # NER: the CoNLL column holding the word (0 = first)
+    tag_column: int = -1  # NER: the CoNLL column holding the tag (-1 = last)
+    # NER: the training file's tag scheme, converted to IOB2; auto = detected from the tags
     scheme: Literal["auto", "iob1", "iob2", "bio", "bioes", "iobes"] = "auto"
     crf: bool = False  # NER: a CRF layer (Viterbi decoding, valid IOB2 transitions only)
     label_all_pieces: bool = False  # NER: train on every word piece, not just the first of each word
