@@ -237,13 +237,25 @@ def _settle_model(cfg: PretrainConfig, tokenizer: Any, run_dir: Path, resume: bo
 
 def _print_plan(cfg: PretrainConfig, setup: Any, shards: Any, device: torch.device, precision: str) -> None:
     model, flops = setup.model, setup.flops_per_token
-    n = model.num_params()
     print(
-        f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters "
-        f"({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), {flops / 1e6:.1f} MFLOPs/token; "
+        f"model: {cfg.model.arch}, {describe_params(model)}, {flops / 1e6:.1f} MFLOPs/token; "
         f"objective {cfg.objective}; data: {len(shards.tokens('train')):,} train / "
         f"{len(shards.tokens('val')):,} val tokens; device {device}, precision {precision}",
         flush=True,
+    )
+
+
+def describe_params(model: Any) -> str:
+    """ "4.24M parameters, 1.05M of them the token embedding (tied to the output layer)": what the
+    words say. (`num_params(non_embedding=True)`, the N of scaling laws, keeps a tied embedding,
+    because as the output layer it does work for every token; printed as "non-embedding" it misled.)"""
+    n = model.num_params()
+    emb = getattr(getattr(model, "tok_emb", None), "weight", None)
+    if emb is None:
+        return f"{n / 1e6:.2f}M parameters"
+    tied = model.config.tie_embeddings
+    return f"{n / 1e6:.2f}M parameters, {emb.numel() / 1e6:.2f}M of them the token embedding" + (
+        " (tied to the output layer)" if tied else ""
     )
 
 
