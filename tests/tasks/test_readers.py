@@ -111,7 +111,10 @@ def test_short_row_and_empty_text(tmp_path):
 def test_unknown_extension_needs_delimiter(tmp_path):
     p = tmp_path / "d.txt"
     p.write_text("a|1\nb|0\nc|1\n", encoding="utf-8")
-    with pytest.raises(LmforgeError, match="delimiter"):
+    # The message names the file and a fix the CLI offers (the Python API also takes `delimiter`).
+    with pytest.raises(
+        LmforgeError, match=r"d\.txt: cannot tell the columns .*rename it to \.tsv .*\.csv .*\.jsonl"
+    ):
         read_classification(p, text_column=0, label_column=1)
     assert len(read_classification(p, text_column=0, label_column=1, delimiter="|")) == 3
 

@@ -128,8 +128,8 @@ def read_classification(
     if delimiter is None:
         if suffix not in _DELIMITERS:
             raise LmforgeError(
-                f"{path}: cannot infer the delimiter from extension '{suffix}'; use .tsv/.csv/.jsonl "
-                "or pass delimiter"
+                f"{path}: cannot tell the columns of a '{suffix}' file; rename it to .tsv (tab-separated), "
+                ".csv (comma-separated) or .jsonl (one JSON object per line)"
             )
         delimiter = _DELIMITERS[suffix]
     assert delimiter is not None
