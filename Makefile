@@ -23,7 +23,7 @@ demo: setup
 
 # Every test run is linted first, the import layers (pyproject.toml [tool.importlinter]) included.
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadgroup -q
 
 lint: setup
 	$(BIN)/ruff check src tests bench

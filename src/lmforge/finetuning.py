@@ -336,6 +336,7 @@ def run_finetuning(
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
     info, device = setup_distributed(tcfg.device)
+    finished = False  # whether the ranks leave the process group together
     try:
         start_training_run(
             run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
@@ -378,12 +379,13 @@ def run_finetuning(
                 flush=True,
             )
         result = trainer.fit(resume=resume)
+        finished = True
         if info.is_main and dev is not None:
             write_dev_report(run_dir, cfg, dev, labels, specials.pad, device)
         return result
     finally:
         finish_training_run(run_dir, is_main=info.is_main)
-        teardown_distributed()
+        teardown_distributed(finished=finished)
 
 
 def _check_request(cfg: FinetuneConfig) -> None:

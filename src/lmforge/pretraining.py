@@ -185,6 +185,7 @@ def run_pretraining(
         torch.set_num_threads(tcfg.threads)
     info, device = setup_distributed(tcfg.device)
     run_dir = Path(cfg.out)
+    finished = False  # whether the ranks leave the process group together
     try:
         start_training_run(
             run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
@@ -207,12 +208,13 @@ def run_pretraining(
         if info.is_main:
             _print_plan(cfg, setup, shards, device, trainer.precision)
         result = trainer.fit(resume=resume)
+        finished = True
         if info.is_main and sample_prompt is not None and cfg.model.arch == "decoder":
             _print_sample(setup.model, tokenizer, run_dir, sample_prompt, tcfg.seed)
         return result
     finally:
         finish_training_run(run_dir, is_main=info.is_main)
-        teardown_distributed()
+        teardown_distributed(finished=finished)
 
 
 def _settle_model(cfg: PretrainConfig, tokenizer: Any, run_dir: Path, resume: bool) -> int:

@@ -38,7 +38,12 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# The torchrun jobs of this file run one after another (one xdist worker), not side by side.
+DDP_GROUP = pytest.mark.xdist_group("torchrun")
+
+
 @pytest.mark.slow
+@DDP_GROUP
 def test_ddp_two_ranks_match_single_process(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
@@ -95,6 +100,7 @@ def _torchrun(*argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@DDP_GROUP
 def test_ddp_trains_losses_taken_outside_forward(tmp_path, tiny_corpus):
     """ELECTRA's generator head and a CRF are applied by the loss to what `forward` returned: under
     DDP their gradients must still be reduced (this fails if DDP looked for unused parameters)."""

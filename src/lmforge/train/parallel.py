@@ -51,8 +51,13 @@ def setup_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, local_rank, world), device
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(*, finished: bool = True) -> None:
+    """Leave the process group. After a run that `finished`, all ranks leave together (a rank that
+    tears its connections down while another still reads its last message makes that one abort);
+    after a failure they do not wait for each other, so that a failing rank cannot hang the job."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
