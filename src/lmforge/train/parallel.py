@@ -8,6 +8,7 @@ compiled in). FSDP2 and tensor parallelism plug in here, in that fixed order, wh
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -56,6 +57,9 @@ def teardown_distributed(*, finished: bool = True) -> None:
     tears its connections down while another still reads its last message makes that one abort);
     after a failure they do not wait for each other, so that a failing rank cannot hang the job."""
     if dist.is_initialized():
+        # DDP wrappers left in reference cycles hold work on the group's threads: free them while
+        # the group still exists, not at interpreter exit after it is gone (where gloo aborts).
+        gc.collect()
         if finished:
             dist.barrier()
         dist.destroy_process_group()
