@@ -246,8 +246,13 @@ def finish_training_run(run_dir: Path, *, is_main: bool) -> None:
 
 
 def _job_id() -> str:
-    """The same string in every process of one job: torchrun's run id, else this process."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") or f"{socket.gethostname()}:{os.getpid()}"
+    """The same string in every process of one job: torchrun's run id, else the rendezvous address
+    every launcher gives its ranks, else (a single process) this process."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return os.environ["TORCHELASTIC_RUN_ID"]
+    if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+        return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _read_lock(run_dir: Path) -> dict[str, Any]:
