@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -48,11 +49,18 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(tmp_path / "ddp"), "4"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+    for attempt in range(2):
+        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+        ddp = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+             str(tmp_path / "ddp"), "4"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        # Gloo's threads can abort a rank as the processes exit, after all the work is done (rarely,
+        # on a loaded machine); that teardown race is the library's: such a run is tried once more.
+        teardown_race = "terminate called without an active exception" in ddp.stderr
+        if ddp.returncode == 0 or not teardown_race or attempt:
+            break
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "single"), "8"],
