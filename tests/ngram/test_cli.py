@@ -64,6 +64,20 @@ def test_human_output_and_vocabulary_options(capsys, corpus):
     assert read_arpa(arpa).words == ("<unk>", "<s>", "</s>", "the", "cat", "dog")
 
 
+def test_train_rejects_nul_bytes_past_the_sniffed_head(capsys, corpus):
+    """NULs deep in a text file would otherwise become words and make the ARPA file not text."""
+    data = corpus / "tail.txt"
+    data.write_bytes(TRAIN.encode() * 10 + b"the cat\x00\x00 sat\n")  # ~9.6 KB of text first
+    assert data.stat().st_size > 9 * 1024
+    arpa = corpus / "lm.arpa"
+    code, out, err = run_cli(
+        capsys, "ngram", "train", "--data", str(data), "--order", "2", "--out", str(arpa)
+    )
+    assert code == 2 and out == ""
+    assert err.startswith("lmforge: error: ") and f"{data}:" in err and "NUL" in err and err.count("\n") == 1
+    assert not arpa.exists() and not list(corpus.glob("*.arpa*"))
+
+
 def test_user_errors_are_one_line(capsys, corpus):
     code, _, err = run_cli(
         capsys, "ngram", "eval", str(corpus / "test.txt"), "--data", str(corpus / "test.txt")

@@ -204,6 +204,26 @@ def test_summary_accounting_and_format():
         assert word in table
 
 
+def test_all_dropped_names_the_filter_and_its_flag():
+    """A corpus that vanishes entirely must say which setting removed it, not just 'no text'."""
+    with pytest.raises(LmforgeError) as e:
+        run([PROSE], max_chars=100)
+    msg = str(e.value)
+    assert "all 1 document(s) were dropped by the clean.max_chars filter" in msg
+    assert "--clean.max_chars" in msg and "--prep.clean" in msg and "\n" not in msg
+    with pytest.raises(LmforgeError) as e:
+        run(["short", "!!!!####" * 10])
+    msg = str(e.value)
+    assert "clean.min_chars filter (1:" in msg and "clean.max_symbol_ratio filter (1:" in msg
+    assert "--clean.min_chars" in msg and "--clean.max_symbol_ratio" in msg
+
+
+def test_all_dropped_is_allowed_when_asked():
+    cleaner = Cleaner(CleanConfig(), allow_empty=True)
+    assert list(cleaner([Document("short", "a")])) == []
+    assert cleaner.summary.dropped["too_short"] == 1
+
+
 def test_config_validation():
     with pytest.raises(LmforgeError, match="max_symbol_ratio"):
         CleanConfig(max_symbol_ratio=0)
@@ -233,7 +253,7 @@ def shared(*parts: str):
 
 
 def test_keeps_shakespeare_as_one_document():
-    out, summary = run(read_documents(shared("tinyshakespeare", "input.txt")))
+    out, summary = run(read_documents(shared("tinyshakespeare", "input.txt"), txt_unit="file"))
     assert summary.docs_kept == 1 and len(out) == 1
     assert out[0].text.startswith("First Citizen:")
 

@@ -35,7 +35,7 @@ def texts(docs) -> list[str]:
 
 def test_txt_file_unit_is_one_document_with_lf_newlines(tmp_path):
     p = write(tmp_path / "a.txt", b"line one\r\nline two\rline three\n")
-    docs = list(read_documents(p))
+    docs = list(read_documents(p, txt_unit="file"))
     assert docs == [Document("line one\nline two\nline three\n", p.as_posix(), 0)]
 
 
@@ -45,6 +45,14 @@ def test_txt_paragraph_unit_splits_on_blank_and_whitespace_only_lines(tmp_path):
     assert texts(docs) == ["first para\nstill first", "second para", " third"]
     assert [d.source for d in docs] == [f"{p.as_posix()}:1", f"{p.as_posix()}:5", f"{p.as_posix()}:8"]
     assert all(d.part == 0 for d in docs)
+
+
+def test_txt_default_unit_is_the_blank_line_paragraph(tmp_path):
+    """One plain-text file must give NSP, dedup and the length filters many documents."""
+    p = write(tmp_path / "a.txt", "first para\nstill first\n\nsecond para\n \nthird para\n")
+    docs = list(read_documents(p))
+    assert texts(docs) == ["first para\nstill first", "second para", "third para"]
+    assert docs == list(read_documents(p, txt_unit="paragraph"))
 
 
 def test_txt_line_unit_skips_blank_lines(tmp_path):
@@ -58,7 +66,7 @@ def test_big_file_is_chunked_at_line_boundaries_and_reassembles(tmp_path):
     lines = [f"line {i} " + "x" * (i % 13) for i in range(500)]
     original = "\n".join(lines) + "\n"
     p = write(tmp_path / "big.txt", original)
-    docs = list(read_documents(p, chunk_chars=200))
+    docs = list(read_documents(p, chunk_chars=200, txt_unit="file"))
     assert [d.part for d in docs] == list(range(len(docs)))
     assert len(docs) > 20
     assert all(len(d.text) <= 200 for d in docs)
@@ -72,7 +80,8 @@ def test_line_longer_than_chunk_is_split_into_parts(tmp_path):
     for unit in ("file", "line", "paragraph"):
         docs = list(read_documents(p, chunk_chars=100, txt_unit=unit))
         assert all(len(d.text) <= 100 for d in docs), unit
-    assert "".join(texts(read_documents(p, chunk_chars=100))) == "head\n" + long_line + "\ntail\n"
+    whole = read_documents(p, chunk_chars=100, txt_unit="file")
+    assert "".join(texts(whole)) == "head\n" + long_line + "\ntail\n"
     para = list(read_documents(p, chunk_chars=100, txt_unit="paragraph"))
     assert [d.part for d in para] == list(range(len(para)))
     assert "".join(texts(para)) == "head\n" + long_line + "\ntail"
@@ -88,20 +97,20 @@ def test_incremental_decoding_across_tiny_reads(tmp_path, monkeypatch):
     text = "数学是研究数量的学科。\r\n第二行：结构\r\n" * 5
     p = write(tmp_path / "zh.txt", text.encode("utf-8"))
     monkeypatch.setattr(corpus, "_SNIFF_BYTES", 4)
-    (doc,) = read_documents(p)
+    (doc,) = read_documents(p, txt_unit="file")
     assert doc.text == text.replace("\r\n", "\n")
 
 
 def test_bom_files_decode_transparently(tmp_path):
     a = write(tmp_path / "bom8.txt", codecs.BOM_UTF8 + "héllo wörld\n".encode())
     b = write(tmp_path / "bom16.txt", "héllo 世界\r\n".encode("utf-16"))  # has a BOM, and NUL bytes
-    assert texts(read_documents(a)) == ["héllo wörld\n"]
-    assert texts(read_documents(b)) == ["héllo 世界\n"]
+    assert texts(read_documents(a, txt_unit="file")) == ["héllo wörld\n"]
+    assert texts(read_documents(b, txt_unit="file")) == ["héllo 世界\n"]
 
 
 def test_explicit_encoding_reads_gbk(tmp_path):
     p = write(tmp_path / "gbk.txt", "中文新闻文本\n".encode("gbk"))
-    assert texts(read_documents(p, encoding="gbk")) == ["中文新闻文本\n"]
+    assert texts(read_documents(p, encoding="gbk", txt_unit="file")) == ["中文新闻文本\n"]
 
 
 def test_gbk_bytes_read_as_utf8_name_file_offset_and_fix(tmp_path, monkeypatch):
@@ -119,6 +128,24 @@ def test_binary_file_is_rejected(tmp_path):
     with pytest.raises(LmforgeError, match="looks binary") as e:
         list(read_documents(p))
     assert str(p) in str(e.value)
+
+
+def test_nul_byte_past_the_sniffed_head_is_rejected_with_file_and_line(tmp_path):
+    body = "".join(f"line {i} of ordinary text\n" for i in range(400))  # ~9.6 KB, past the sniff
+    assert len(body.encode()) > 9 * 1024
+    p = write(tmp_path / "tail.txt", body.encode() + b"junk\x00\x00\x01 more\n")
+    for unit in ("file", "paragraph", "line"):
+        with pytest.raises(LmforgeError) as e:
+            list(read_documents(p, txt_unit=unit))
+        msg = str(e.value)
+        assert f"{p}:401" in msg and "NUL" in msg and "--encoding utf-16" in msg and "\n" not in msg
+
+
+def test_nul_in_a_record_is_rejected(tmp_path):
+    p = write(tmp_path / "d.jsonl", json.dumps({"text": "ok"}) + "\n" + json.dumps({"text": "a\x00b"}) + "\n")
+    with pytest.raises(LmforgeError, match="NUL") as e:
+        list(read_documents(p))
+    assert f"{p.as_posix()}:2" in str(e.value)
 
 
 def test_unknown_encoding_is_a_clear_error(tmp_path):
@@ -148,7 +175,7 @@ def test_empty_file_in_directory_is_skipped_with_warning(tmp_path):
     write(tmp_path / "d" / "b.txt", "")
     with pytest.warns(EmptyInputWarning, match="b.txt"):
         docs = list(read_documents(tmp_path / "d"))
-    assert texts(docs) == ["some text\n"]
+    assert texts(docs) == ["some text"]
 
 
 def test_directory_of_only_empty_files_is_an_error(tmp_path):
@@ -177,17 +204,17 @@ def test_directory_is_recursive_sorted_and_filtered(tmp_path):
         "sub/c.text",
         "sub/d.jsonl",
     ]  # .md notes are skipped
-    assert texts(read_documents(d)) == ["b\n", "c\n", "d"]
+    assert texts(read_documents(d)) == ["b", "c", "d"]
 
 
 def test_glob_and_list_specs(tmp_path):
     for name in ("x1.txt", "x2.txt", "y.txt"):
         write(tmp_path / name, name + "\n")
     pattern = str(tmp_path / "x*.txt")
-    assert texts(read_documents(pattern)) == ["x1.txt\n", "x2.txt\n"]
+    assert texts(read_documents(pattern)) == ["x1.txt", "x2.txt"]
     # a list keeps its order and reads a file named twice only once
     spec = [tmp_path / "y.txt", pattern, str(tmp_path / "x1.txt")]
-    assert texts(read_documents(spec)) == ["y.txt\n", "x1.txt\n", "x2.txt\n"]
+    assert texts(read_documents(spec)) == ["y.txt", "x1.txt", "x2.txt"]
 
 
 def test_explicit_file_with_unknown_extension_is_text(tmp_path):
@@ -349,7 +376,7 @@ def test_reads_shared_shakespeare_as_one_document():
     p = shared_data_path("tinyshakespeare", "input.txt")
     if p is None:
         pytest.skip("needs shared/data/tinyshakespeare")
-    docs = list(read_documents(p))
+    docs = list(read_documents(p, txt_unit="file"))
     assert len(docs) == 1 and docs[0].text.startswith("First Citizen:")
     assert len(docs[0].text) == p.stat().st_size  # ASCII: one char per byte, nothing lost
 

@@ -21,6 +21,7 @@ from lmforge.cli.flags import (
     read_options,
 )
 from lmforge.cli.output import emit, format_fields
+from lmforge.eval import TXT_UNIT
 
 
 def emit_scores(ns: argparse.Namespace, scores: Any) -> None:
@@ -48,7 +49,7 @@ def add_eval(new: NewCommand) -> None:
     p.add_argument("--data", required=True, help="held-out text: files, directories, globs, .jsonl")
     add_batch_size_flag(p, 8, "windows (causal LM) or examples (masked LM)")
     add_stride_flag(p)
-    add_read_flags(p)
+    add_read_flags(p, shown_defaults={"txt_unit": TXT_UNIT})  # held-out files are scored whole
     add_device_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_eval)

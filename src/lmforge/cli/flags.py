@@ -41,16 +41,18 @@ def add_stride_flag(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_read_flags(p: argparse.ArgumentParser) -> None:
-    """`--txt_unit`, `--text_field`, `--encoding`, as PrepConfig declares them for `prepare`."""
+def add_read_flags(p: argparse.ArgumentParser, shown_defaults: dict[str, str] | None = None) -> None:
+    """`--txt_unit`, `--text_field`, `--encoding`, as PrepConfig declares them for `prepare`;
+    `shown_defaults` names the defaults of a command whose function reads differently by default."""
     from lmforge.data.prep import READ_FIELDS, PrepConfig
 
-    add_dataclass_flags(p, PrepConfig, skip=tuple(n for n in flat_fields(PrepConfig) if n not in READ_FIELDS))
+    skip = tuple(n for n in flat_fields(PrepConfig) if n not in READ_FIELDS)
+    add_dataclass_flags(p, PrepConfig, skip=skip, shown_defaults=shown_defaults)
 
 
 def read_options(ns: argparse.Namespace) -> dict[str, Any]:
     """The reading flags given on the command line, checked as PrepConfig's fields; the ones not
-    given are left out, so the called function's defaults (PrepConfig's, as `--help` shows) apply."""
+    given are left out, so the called function's defaults (as `--help` shows them) apply."""
     from lmforge.data.prep import PrepConfig
 
     given = namespace_overrides(ns, PrepConfig)

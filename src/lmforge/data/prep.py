@@ -21,7 +21,9 @@ class PrepConfig:
     val_fraction: float = (
         0.005  # share of documents (or of the tail, for one long text) held out for validation
     )
-    txt_unit: Literal["file", "paragraph", "line"] = "file"  # what one document is in a .txt file
+    # what one document is in a .txt file: paragraph = lines up to the next blank (or whitespace-only)
+    # line, as BERT's data tools split text; file = the whole file; line = each non-empty line
+    txt_unit: Literal["file", "paragraph", "line"] = "paragraph"
     text_field: str = "text"  # the field holding the text in .jsonl / .parquet
     encoding: str = "utf-8"  # encoding of text files (e.g. gbk, utf-16)
     clean: CleanConfig = field(default_factory=CleanConfig)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
+from lmforge.eval import TXT_UNIT
 
 
 @dataclass
@@ -49,7 +50,7 @@ def document_tokens(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.nd
 
 @torch.no_grad()
 def evaluate_masked(
-    lm: Any, data: Any, *, batch_size: int = 8, txt_unit: str = "file", text_field: str = "text",
+    lm: Any, data: Any, *, batch_size: int = 8, txt_unit: str = TXT_UNIT, text_field: str = "text",
     encoding: str = "utf-8", seed: int = 0,
 ) -> MaskedEvalResult:  # fmt: skip
     """Masked-LM metrics of a loaded encoder run (`lmforge.load`) on held-out text."""

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lmforge.errors import LmforgeError
+from lmforge.eval import TXT_UNIT
 from lmforge.eval.scoring import score_carried, score_stream, takes_state, token_stream
 
 
@@ -34,7 +35,7 @@ class EvalResult:
 
 
 def evaluate_lm(
-    lm: Any, data: Any, *, batch_size: int = 8, stride: int | None = None, txt_unit: str = "file",
+    lm: Any, data: Any, *, batch_size: int = 8, stride: int | None = None, txt_unit: str = TXT_UNIT,
     text_field: str = "text", encoding: str = "utf-8",
 ) -> EvalResult:  # fmt: skip
     """Loss, perplexity and bits per byte of a loaded run (`lmforge.load`) on held-out text."""

@@ -46,6 +46,28 @@ _DROP_HELP = {
     "near_duplicate": "near copy of an earlier document",
 }
 
+# For the error raised when cleaning keeps nothing: the setting behind each drop reason, what it
+# caught (formatted with the config) and how to relax it. `prepare` and `tokenizer train` take the
+# settings as --clean.<name>, `pretrain` and `scaling` as --prep.clean.<name>.
+_DROP_FIX = {
+    "empty": ("empty-text", "no visible text", "check --data and --text_field"),
+    "too_short": ("clean.min_chars", "shorter than {min_chars} chars", "lower --clean.min_chars"),
+    "too_long": (
+        "clean.max_chars", "longer than {max_chars} chars", "raise --clean.max_chars or set it to 0 (no limit)"
+    ),
+    "symbols": (
+        "clean.max_symbol_ratio", "symbol share above {max_symbol_ratio}",
+        "raise --clean.max_symbol_ratio (1 turns it off)",
+    ),
+    "repetition": (
+        "clean.max_repetition", "repetition above {max_repetition}", "raise --clean.max_repetition (1 turns it off)"
+    ),
+    "duplicate": ("clean.dedup", "exact copies", "pass --clean.dedup false"),
+    "near_duplicate": (
+        "clean.near_dedup", "near copies", "pass --clean.near_dedup false or raise --clean.near_dedup_threshold"
+    ),
+}  # fmt: skip
+
 # Documents are cleaned in batches so shingling and MinHash run as a few large NumPy operations.
 _BATCH_DOCS = 512
 _BATCH_CHARS = 2_000_000
@@ -148,6 +170,21 @@ class CleanSummary:
             parts = ", ".join(f"{k} {v:,}" for k, v in self.pii_replaced.items())
             lines.append(f"{'pii replaced':<16}{parts}")
         return "\n".join(lines)
+
+    def all_dropped_message(self, cfg: CleanConfig) -> str:
+        """One line naming the filter(s) that dropped every document and the flag that relaxes each,
+        so a user whose whole corpus vanished knows which setting to change instead of guessing."""
+        reasons = [r for r in DROP_REASONS if self.dropped.get(r)]
+        values = asdict(cfg)
+        caught = " and ".join(
+            f"the {_DROP_FIX[r][0]} filter ({self.dropped[r]:,}: {_DROP_FIX[r][1].format(**values)})"
+            for r in reasons
+        )
+        fixes = ", ".join(_DROP_FIX[r][2] for r in reasons)
+        return (
+            f"all {self.docs_in:,} document(s) were dropped by {caught}; {fixes}, or turn cleaning off "
+            "with --clean.enabled false (in pretrain and scaling: --prep.clean.*)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,8 +408,11 @@ class Cleaner:
     the inputs it is given.
     """
 
-    def __init__(self, cfg: CleanConfig | None = None) -> None:
+    def __init__(self, cfg: CleanConfig | None = None, *, allow_empty: bool = False) -> None:
         self.cfg = cfg or CleanConfig()
+        # False: a stream whose every document is dropped is an error naming the filters, since
+        # training on nothing is never intended; True for callers that clean small pieces on their own
+        self.allow_empty = allow_empty
         self._summary = CleanSummary()
         self._exact = ExactDeduplicator() if self.cfg.dedup else None
         self._near = (
@@ -406,6 +446,12 @@ class Cleaner:
                 yield from self._flush(batch, decisions)
                 batch, decisions, chars = [], [], 0
         yield from self._flush(batch, decisions)
+        self._check_kept_some()
+
+    def _check_kept_some(self) -> None:
+        s = self._summary
+        if s.docs_in and not s.docs_kept and not self.allow_empty:
+            raise LmforgeError(s.all_dropped_message(self.cfg))
 
     def _pass_through(self, docs: Iterable[Document]) -> Iterator[Document]:
         """Every document unchanged (cleaning disabled), still counted in the summary."""

@@ -191,6 +191,19 @@ def _check_not_binary(path: Path, head: bytes, encoding: str) -> None:
         )
 
 
+def _check_no_nul(path: Path, text: str, lines_before: int, wide: bool) -> None:
+    """Reject a NUL character anywhere in the decoded text, not only in the sniffed head.
+
+    A NUL is never text: it marks a binary tail, a broken export or UTF-16 read as a narrow
+    encoding, and left in, it ends up inside tokens, n-gram vocabularies and ARPA files.
+    """
+    if "\x00" not in text:  # the common case: one fast substring search per ~1 MiB piece
+        return
+    line = lines_before + text.count("\n", 0, text.index("\x00")) + 1
+    hint = "" if wide else ", or pass --encoding utf-16 if it is UTF-16 text without a byte-order mark"
+    raise LmforgeError(f"{path}:{line}: NUL character in the text; remove the NUL bytes{hint}")
+
+
 def _decode_error(path: Path, offset: int, encoding: str) -> LmforgeError:
     return LmforgeError(
         f"{path}: not valid {encoding} text at byte {offset}; pass the file's real encoding "
@@ -226,7 +239,9 @@ def _decode_stream(path: Path, encoding: str) -> Iterator[str]:
         enc = _pick_encoding(head, encoding)
         _check_not_binary(path, head, enc)
         decoder = codecs.getincrementaldecoder(enc)(errors="strict")
+        wide = _is_wide_encoding(enc)
         consumed = 0  # bytes handed to the decoder before the current read
+        lines = 0  # newlines yielded so far, to name the line of a NUL character
         carry = ""
         data = head
         while True:
@@ -244,6 +259,8 @@ def _decode_stream(path: Path, encoding: str) -> Iterator[str]:
             if "\r" in text:
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             if text:
+                _check_no_nul(path, text, lines, wide)
+                lines += text.count("\n")
                 yield text
             if final:
                 return
@@ -390,6 +407,8 @@ def _record_text(record: Any, field: str, where: str) -> str:
 
 
 def _chunked(text: str, source: str, chunk_chars: int) -> Iterator[Document]:
+    if "\x00" in text:  # a `\u0000` escape or a Parquet/Hub value: decoded text was checked already
+        raise LmforgeError(f"{source}: NUL character in the text; remove it from that record")
     for part, piece in enumerate(_split_long(text, chunk_chars)):
         yield Document(piece, source, part)
 
@@ -519,16 +538,18 @@ def read_documents(
     spec: str | Path | Sequence[str | Path],
     *,
     text_field: str = "text",
-    txt_unit: TxtUnit = "file",
+    txt_unit: TxtUnit = "paragraph",
     encoding: str = "utf-8",
     chunk_chars: int = 4_000_000,
 ) -> Iterator[Document]:
     """Stream the documents of a corpus spec, in a deterministic order.
 
-    `txt_unit` says what a document is in plain-text files: the whole file, a blank-line-separated
-    paragraph, or a non-empty line. JSONL/JSON/Parquet/`hf:` inputs take the `text_field` of each
-    record. An empty file is an error when it is the only input and a warning otherwise, so a stray
-    empty file in a folder does not stop a long job while a wrong single path still fails loudly.
+    `txt_unit` says what a document is in plain-text files: a paragraph (lines up to the next blank
+    or whitespace-only line; the default, as in BERT's data tools, so one text file still gives
+    NSP, dedup and the length filters many documents), the whole file, or a non-empty line.
+    JSONL/JSON/Parquet/`hf:` inputs take the `text_field` of each record. An empty file is an error
+    when it is the only input and a warning otherwise, so a stray empty file in a folder does not
+    stop a long job while a wrong single path still fails loudly.
     """
     _check_args(txt_unit, chunk_chars)
     items = _as_items(spec)
