@@ -7,6 +7,7 @@ the same numbers.
     lmforge.train_tokenizer(data, kind="bpe", vocab_size=8000, out="tok.json")   # lmforge tokenizer train
     lmforge.prepare(data, "tok.json", "shards/")                                 # lmforge prepare
     lmforge.pretrain("configs/gpt-tiny.yaml", data="shards/", out="runs/gpt")    # lmforge pretrain
+    lmforge.split("qa", "dev-v1.1.json", "squad/", dev_fraction=0.1)             # lmforge split qa
     lmforge.finetune(task="ner", model="runs/bert", train_file="train.txt")     # lmforge finetune ner
     lm = lmforge.load("runs/gpt")                                                # lm.model, lm.tokenizer, lm.config
     lmforge.info("runs/gpt")                                                     # lmforge info
@@ -55,6 +56,7 @@ __all__ = [
     "prepare",
     "pretrain",
     "scaling_ladder",
+    "split",
     "train_ngram",
     "train_tokenizer",
 ]
@@ -107,6 +109,29 @@ def pretrain(config: Any = None, **kwargs: Any):
     from lmforge.pretraining import pretrain as run_pretraining
 
     return run_pretraining(config, **kwargs)
+
+
+def split(
+    task: str,
+    data: str | Path,
+    out: str | Path,
+    dev_fraction: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+    *,
+    has_header: bool | None = None,
+) -> dict[str, Any]:
+    """Hold out part of a labelled file as a dev set: `out/train.<ext>` and `out/dev.<ext>`.
+
+    By article for qa (SQuAD JSON, so no context is in both), by row for classify (a TSV/CSV header
+    goes to both; `has_header` None detects it), by document or else sentence for ner (CoNLL).
+    Returns the two paths and what each holds; see `lmforge.tasks.split`.
+    """
+    from lmforge.tasks.split import split_task_file
+
+    return split_task_file(
+        task, data, out, dev_fraction=dev_fraction, seed=seed, overwrite=overwrite, has_header=has_header
+    )
 
 
 def finetune(config: Any = None, **kwargs: Any):
@@ -166,8 +191,9 @@ def evaluate(run: Any, data: Any, *, device: Any = "cpu", **options: Any):
     causal LM; masked-token loss/accuracy and NSP/SOP accuracy for a masked-LM encoder; the task's
     metrics (accuracy / macro-F1, entity P/R/F1, EM/F1) for a fine-tuned task run.
 
-    `options` go to that evaluation: batch_size, txt_unit, text_field and encoding for a language
-    model (stride for a causal one, seed for a masked one); batch_size and report for a task run.
+    `options` go to that evaluation: batch_size, txt_unit (default file: a held-out .txt file is
+    scored whole, so its perplexity stays comparable), text_field and encoding for a language model
+    (stride for a causal one, seed for a masked one); batch_size and report for a task run.
     """
     from lmforge.eval.masked import evaluate_masked
     from lmforge.eval.perplexity import evaluate_lm
