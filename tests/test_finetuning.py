@@ -391,3 +391,38 @@ def test_decoder_backbone_tags_words(gpt, data, tmp_path):
                       out=str(tmp_path / "gpt_ner"), epochs=4, **{"train.lr": 2e-3, "train.batch_size": 16, **QUIET})  # fmt: skip
     # A causal model sees only the words before each one; the tags here depend on the word itself.
     assert result.best_score >= 0.9
+
+
+def test_a_run_that_ends_at_chance_is_told_so():
+    """F1 0 after a run far too small to learn, or the majority label's accuracy: a warning with the fix."""
+    import warnings
+    from types import SimpleNamespace as NS
+
+    from lmforge.finetuning import _warn_if_at_chance
+    from lmforge.tasks.registry import task_spec
+
+    dev = NS(examples=[NS(label=name) for name in ["pos", "pos", "pos", "neg"]])
+    chance = task_spec("classify").chance(dev, NS(names=["neg", "pos"]))
+    assert chance["accuracy"][0] == 0.75 and chance["macro_f1"][0] == pytest.approx((1.5 / 1.75) / 2)
+    with pytest.warns(
+        UserWarning,
+        match=r"dev accuracy 0\.7500 is no better than chance \(0\.7500, always predicting 'pos'\).*--epochs",
+    ):
+        _warn_if_at_chance(chance, NS(select_metric="accuracy", best_score=0.75))
+    with pytest.warns(
+        UserWarning, match=r"dev f1 0\.0000 is no better than chance \(0\.0000, tagging every word O"
+    ):
+        _warn_if_at_chance(task_spec("ner").chance(dev, NS(names=[])), NS(select_metric="f1", best_score=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_at_chance(chance, NS(select_metric="accuracy", best_score=0.9))
+        _warn_if_at_chance(chance, NS(select_metric="loss", best_score=0.1))
+
+
+def test_an_unknown_select_metric_is_refused_before_training(bert, data, tmp_path):
+    with pytest.raises(
+        LmforgeError,
+        match=r"select_metric='f1' is not a figure the classify validation reports \(loss, accuracy, macro_f1\)",
+    ):
+        _classify(bert, data, tmp_path / "run", **{"train.select_metric": "f1"})
+    assert not (tmp_path / "run" / "train_state").exists()

@@ -271,3 +271,36 @@ def test_a_lost_config_is_rebuilt_from_the_checkpoint(tmp_path, tiny_corpus):
         )
     assert result.steps == 6 and read_run(run).kind == "encoder"
     assert saved.splitlines()[:3] == (run / "config.yaml").read_text().splitlines()[:3]
+
+
+def _other_tokenizer(tmp_path, size: int):
+    """A tokenizer of the same size as the run's, trained on other text: the vocabulary check passes."""
+    text = tmp_path / "other.txt"
+    text.write_text("".join(f"zebra{i} quokka{i * 7} axolotl{i % 13}\n" for i in range(400)))
+    return train_tokenizer(str(text), kind="bpe", vocab_size=size)
+
+
+def test_a_swapped_tokenizer_of_the_same_size_is_refused(lm_run, tmp_path):
+    run_tok = load(lm_run).tokenizer
+    other = _other_tokenizer(tmp_path, run_tok.vocab_size)
+    assert other.vocab_size == run_tok.vocab_size and other.sha256 != run_tok.sha256
+    assert read_run(lm_run).tokenizer_sha256 == run_tok.sha256
+    other.save(lm_run / "tokenizer.json")
+    with pytest.raises(LmforgeError, match=r"tokenizer\.json: not the tokenizer this run was trained with"):
+        load(lm_run)
+
+
+def test_resuming_on_data_of_another_tokenizer_is_refused(tmp_path, tiny_corpus):
+    from lmforge.data.shards import prepare
+
+    run = tmp_path / "run"
+    lmforge.pretrain(data=str(tiny_corpus), out=str(run), **TINY)
+    size = load(run).tokenizer.vocab_size
+    other = prepare(
+        str(tiny_corpus), _other_tokenizer(tmp_path, size), tmp_path / "shards", show_progress=False
+    )
+    assert other["vocab_size"] == size
+    with pytest.raises(LmforgeError, match=r"shards: made with a different tokenizer than the run"):
+        lmforge.pretrain(
+            resume=True, out=str(run), data=str(tmp_path / "shards"), **{**TINY, "train.max_steps": 6}
+        )

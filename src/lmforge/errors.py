@@ -28,3 +28,31 @@ class TrainingStopped(LmforgeError):
             f"stopped by {name} at step {step}, with a checkpoint saved; continue with --resume ({run_dir})"
         )
         self.exit_code = 128 + signum
+
+
+# What to do about the operating system's refusals a user can meet: a full disk, a read-only or
+# forbidden folder, a file where a folder is wanted (or the other way round).
+_OS_FIXES = {
+    "ENOSPC": "no space left on the device; free some space and run again (a training run continues "
+    "from its last intact checkpoint with --resume)",
+    "EDQUOT": "disk quota exceeded; free some space and run again (training resumes with --resume)",
+    "EROFS": "the file system is read-only; choose a writable folder",
+    "EACCES": "permission denied; choose a folder you can write to, or fix its permissions",
+    "EPERM": "operation not permitted; choose a folder you can write to, or fix its permissions",
+    "EISDIR": "is a folder, where a file is wanted; give a file path",
+    "ENOTDIR": "part of the path is a file, where a folder is wanted; give another path",
+    "ENAMETOOLONG": "the path is too long; give a shorter one",
+}
+
+
+def describe_os_error(error: OSError) -> str | None:
+    """One line for an OSError the user can act on (naming the file and the fix), else None: the
+    CLI prints it instead of a traceback. Temp files are removed where they are made (utils.io)."""
+    import errno
+
+    name = errno.errorcode.get(error.errno or 0, "")
+    fix = _OS_FIXES.get(name)
+    if fix is None:
+        return None
+    where = error.filename or error.filename2
+    return f"{where}: {fix}" if where else fix

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,14 +238,16 @@ def compute_class_weights(
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def task_objective(name: str, spec: TaskSpec, select_metric: str) -> Objective:
+def task_objective(name: str, spec: TaskSpec, select_metric: str, *, scored: bool = True) -> Objective:
     """The trainer's objective of a task: the head's outputs through the task's loss, and the dev
-    figure that keeps the best checkpoint (unless train.select_metric names another)."""
+    figure that keeps the best checkpoint (unless train.select_metric names another). Its dev
+    figures are the task's metrics when a dev file is `scored`, else the loss alone."""
 
     def loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return spec.loss(unwrap(model), model(batch), batch)  # through forward: DDP and compile see it
 
-    return Objective(name, loss, select_metric=select_metric)
+    figures = ("loss", *spec.metrics) if scored else ("loss",)
+    return Objective(name, loss, select_metric=select_metric, figures=figures)
 
 
 @torch.no_grad()
@@ -324,7 +327,7 @@ def run_finetuning(
     overwrite: bool = False,
 ):
     """Train `cfg`'s task run: data, schedule, model, run directory, then the Trainer."""
-    from lmforge.run import finish_training_run, start_training_run
+    from lmforge.run import check_run_tokenizer, finish_training_run, start_training_run
     from lmforge.tasks.batches import TaskBatches
     from lmforge.train.parallel import setup_distributed, teardown_distributed
     from lmforge.train.trainer import Trainer
@@ -343,6 +346,8 @@ def run_finetuning(
         )
         torch.manual_seed(tcfg.seed)
         backbone, tokenizer, _ = load_backbone(cfg.model, from_scratch=cfg.from_scratch)
+        if resume:
+            check_run_tokenizer(run_dir, tokenizer, str(cfg.model))
         specials = specials_of(tokenizer, backbone.arch)
         max_len = cfg.max_len or backbone.config.max_len
         if max_len > backbone.config.max_len:
@@ -353,7 +358,7 @@ def run_finetuning(
         )
         per_epoch = math.ceil(batches.steps_per_epoch / tcfg.grad_accum)
         tcfg = cfg.train = _schedule(tcfg, cfg, per_epoch, explicit_train)
-        objective = task_objective(cfg.task, spec, spec.default_metric if dev else "loss")
+        objective = task_objective(cfg.task, spec, spec.default_metric if dev else "loss", scored=bool(dev))
         key = spec.class_weight_key(cfg)
         weights = compute_class_weights(cfg.class_weights, train.features, len(labels), key) if key else None
         model = build_task_model(cfg, backbone, labels, weights)
@@ -366,8 +371,13 @@ def run_finetuning(
             flops_per_token=model.flops_per_token(batches.seq_len),
             evaluator=_dev_evaluator(cfg, dev, labels, specials.pad, device),
             lr_scale=layer_lr_scale(model, cfg.layer_decay),
-            run_record={"kind": "task", "config": task_run_config(cfg, backbone.config)},
+            run_record={"kind": "task", "config": task_run_config(cfg, backbone.config),
+                        "tokenizer_sha256": tokenizer.sha256},
         )  # fmt: skip
+        if info.is_main and dev is not None and tcfg.eval_every == 0:
+            print(
+                "note: --train.eval_every 0: the dev set is scored only when training ends", file=sys.stderr
+            )
         if info.is_main:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(
@@ -382,10 +392,26 @@ def run_finetuning(
         finished = True
         if info.is_main and dev is not None:
             write_dev_report(run_dir, cfg, dev, labels, specials.pad, device)
+            _warn_if_at_chance(spec.chance(dev, labels), result)
         return result
     finally:
         finish_training_run(run_dir, is_main=info.is_main)
         teardown_distributed(finished=finished)
+
+
+def _warn_if_at_chance(chance: dict[str, tuple[float, str]], result: Any) -> None:
+    """A run whose kept dev score is no better than a model that learned nothing gets a hint."""
+    metric, score = result.select_metric, result.best_score
+    if metric not in chance or score is None:
+        return
+    level, how = chance[metric]
+    if score <= level + 1e-9:
+        warnings.warn(
+            f"the dev {metric} {score:.4f} is no better than chance ({level:.4f}, {how}): the run "
+            "learned nothing usable; train longer (--epochs), raise --train.lr, or start from a "
+            "larger pretrained --model",
+            stacklevel=2,
+        )
 
 
 def _check_request(cfg: FinetuneConfig) -> None:
@@ -503,8 +529,7 @@ def write_task_run(
     the weights come from the trainer's checkpoints."""
     from lmforge.run import write_run_config
 
-    write_run_config(run_dir, "task", task_run_config(cfg, model_config))
-    tokenizer.save(run_dir / "tokenizer.json")
+    write_run_config(run_dir, "task", task_run_config(cfg, model_config), tokenizer=tokenizer)
     labels.save(run_dir / "labels.json")
 
 
@@ -514,8 +539,7 @@ def load_task(
     """Load a fine-tuned task run (its head and labels included), ready for predict/evaluate."""
     from lmforge.models import build_model
     from lmforge.models.weights import load_weights
-    from lmforge.run import read_run
-    from lmforge.tokenizer import Tokenizer
+    from lmforge.run import load_run_tokenizer, read_run
 
     info = read_run(run_dir)
     run_dir, data = info.path, info.config
@@ -532,9 +556,7 @@ def load_task(
         raise LmforgeError(f"{weights}: no weights yet; the run has not reached its first checkpoint")
     load_weights(model, weights)
     dev = torch.device(device)
-    return TaskRun(
-        model.to(dev).eval(), Tokenizer.load(run_dir / "tokenizer.json"), labels, cfg, run_dir, dev
-    )
+    return TaskRun(model.to(dev).eval(), load_run_tokenizer(run_dir), labels, cfg, run_dir, dev)
 
 
 # ------------------------------------------------------------------------------------------- predict / evaluate

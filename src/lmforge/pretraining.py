@@ -30,13 +30,13 @@ from lmforge.train.trainer import TrainResult
 
 @dataclass
 class PretrainConfig:
-    data: str | None = (
-        None  # shards from `lmforge prepare`, or raw text (file/dir/glob/hf:NAME); none = built-in corpus
-    )
+    # shards from `lmforge prepare`, or raw text (file/dir/glob/hf:NAME); none = built-in corpus
+    data: str | None = None
     out: str = "runs/gpt"  # the run directory to create (or resume)
-    tokenizer_file: str | None = (
-        None  # an existing tokenizer.json for raw data; none = train one (tokenizer.*)
-    )
+    # raw validation text (e.g. wiki.valid.txt), used as written; none = prep.val_fraction of data
+    val_data: str | None = None
+    # an existing tokenizer.json for raw data; none = train one (tokenizer.*)
+    tokenizer_file: str | None = None
     # clm: causal LM (GPT); mlm: masked LM on full sentences (RoBERTa); mlm+nsp: masked LM and
     # next-sentence prediction (BERT); mlm+sop: masked LM and sentence-order prediction (ALBERT);
     # plm: permutation LM (XLNet); electra: replaced token detection (ELECTRA).
@@ -108,6 +108,11 @@ def _prepare_data(cfg: PretrainConfig, run_dir: Path, is_main: bool, barrier) ->
     from lmforge.tokenizer import Tokenizer, train_tokenizer
 
     if cfg.data and is_shard_dir(cfg.data):
+        if cfg.val_data:
+            raise LmforgeError(
+                f"--val_data goes with raw --data; {cfg.data} already holds shards (their val split is used): "
+                "give the raw text, or prepare the shards with `lmforge prepare --val_data`"
+            )
         return Path(cfg.data)
     shards = run_dir / "data"
     if is_shard_dir(shards):
@@ -130,7 +135,8 @@ def _prepare_data(cfg: PretrainConfig, run_dir: Path, is_main: bool, barrier) ->
             print(f"training a {t.kind} tokenizer (vocab {t.vocab_size}) on {source}", flush=True)
             tok = train_tokenizer(
                 source, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
-                lowercase=t.lowercase, clean=prep.clean, show_progress=sys.stderr.isatty(), **common,
+                lowercase=t.lowercase, clean=prep.clean, encoding=prep.encoding, show_progress=sys.stderr.isatty(),
+                **common,
             )  # fmt: skip
         prepare(
             source,
@@ -139,6 +145,7 @@ def _prepare_data(cfg: PretrainConfig, run_dir: Path, is_main: bool, barrier) ->
             clean=prep.clean,
             val_fraction=prep.val_fraction,
             encoding=prep.encoding,
+            val_data=cfg.val_data,
             **common,
         )
     barrier()
@@ -176,7 +183,13 @@ def run_pretraining(
     """The pretraining workflow on a built config: data, model, objective, Trainer, report."""
     from lmforge.data.shards import Shards
     from lmforge.objectives import setup_objective
-    from lmforge.run import finish_training_run, model_kind, start_training_run, write_run_config
+    from lmforge.run import (
+        check_run_tokenizer,
+        finish_training_run,
+        model_kind,
+        start_training_run,
+        write_run_config,
+    )
     from lmforge.train.parallel import setup_distributed, teardown_distributed
     from lmforge.train.trainer import Trainer
 
@@ -192,18 +205,19 @@ def run_pretraining(
         )
         shards = Shards.open(_prepare_data(cfg, run_dir, info.is_main, info.barrier))
         tokenizer = shards.tokenizer()
+        if resume:
+            check_run_tokenizer(run_dir, tokenizer, str(shards.path))
         seq_len = _settle_model(cfg, tokenizer, run_dir, resume)
         if info.is_main:
             # The saved config is itself a valid --config (raw data is found again as <out>/data).
-            write_run_config(run_dir, model_kind(cfg.model), to_dict(cfg))
-            tokenizer.save(run_dir / "tokenizer.json")
+            write_run_config(run_dir, model_kind(cfg.model), to_dict(cfg), tokenizer=tokenizer)
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank and every run
         setup = setup_objective(cfg, shards, seq_len, info, device)
         torch.manual_seed(tcfg.seed + info.rank)  # dropout differs across ranks
         trainer = Trainer(
             setup.model, setup.batches, tcfg, run_dir, val_batches=setup.val_batches, objective=setup.objective,
             device=device, dist=info, flops_per_token=setup.flops_per_token,
-            run_record={"kind": model_kind(cfg.model), "config": to_dict(cfg)},
+            run_record={"kind": model_kind(cfg.model), "config": to_dict(cfg), "tokenizer_sha256": tokenizer.sha256},
         )  # fmt: skip
         if info.is_main:
             _print_plan(cfg, setup, shards, device, trainer.precision)

@@ -1,7 +1,8 @@
 """Run directories: the one artifact every command after training reads.
 
     runs/gpt/
-      run.json            what the folder is: {"schema_version", "kind", "lmforge_version"}
+      run.json            what the folder is: {"schema_version", "kind", "lmforge_version",
+                          "tokenizer_sha256"} (the hash of the tokenizer the run was trained with)
       config.yaml         the full config that made the run (model, train, tokenizer, data, task ...)
       tokenizer.json      the tokenizer (Hugging Face `tokenizers` format)
       model.safetensors   the weights to use: best validation figure, else the latest
@@ -41,6 +42,7 @@ from lmforge.utils.io import atomic_write_json, atomic_write_text, read_json
 
 SCHEMA_VERSION = 1
 RUN_KINDS = ("lm", "encoder", "task")
+TOKENIZER_FILE = "tokenizer.json"
 LOCK_FILE = "lock.json"  # the owner of a run being trained: {"pid", "host", "job", "since"}
 # What a start that failed before its first checkpoint leaves behind: a fresh start may write over it.
 STARTED_ENTRIES = frozenset(
@@ -70,6 +72,7 @@ class RunInfo:
     kind: str
     schema_version: int
     config: dict[str, Any]
+    tokenizer_sha256: str | None = None  # None for runs written before runs recorded it
 
 
 def _lmforge_version() -> str:
@@ -83,13 +86,30 @@ def model_kind(model_config: ModelConfig) -> str:
     return "encoder" if model_config.arch == "encoder" else "lm"
 
 
-def write_run_config(run_dir: str | Path, kind: str, config: dict[str, Any]) -> None:
-    """Write run.json and config.yaml (each atomically): the only place a run's identity is written."""
+def write_run_config(
+    run_dir: str | Path,
+    kind: str,
+    config: dict[str, Any],
+    *,
+    tokenizer: Any = None,
+    tokenizer_sha256: str | None = None,
+) -> None:
+    """Write run.json and config.yaml (each atomically): the only place a run's identity is written.
+
+    With `tokenizer`, its tokenizer.json is written too and its hash recorded in run.json, so that a
+    different tokenizer of the same size (which the vocabulary check cannot tell apart) is caught
+    when the run is loaded or resumed. `tokenizer_sha256` records a hash without writing the file
+    (a config rebuilt from a checkpoint)."""
     if kind not in RUN_KINDS:
         raise ValueError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     header = {"schema_version": SCHEMA_VERSION, "kind": kind, "lmforge_version": _lmforge_version()}
+    if tokenizer is not None:
+        tokenizer.save(run_dir / TOKENIZER_FILE)
+        tokenizer_sha256 = tokenizer.sha256
+    if tokenizer_sha256:
+        header["tokenizer_sha256"] = tokenizer_sha256
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     atomic_write_json(run_dir / "run.json", header)
 
@@ -128,7 +148,32 @@ def read_run(run_dir: str | Path) -> RunInfo:
     kind = header.get("kind")
     if kind not in RUN_KINDS:
         raise LmforgeError(f"{header_path}: unknown run kind {kind!r}; upgrade lmforge to use this run")
-    return RunInfo(run_dir, kind, version, config)
+    tok_hash = header.get("tokenizer_sha256")
+    return RunInfo(run_dir, kind, version, config, tok_hash if isinstance(tok_hash, str) else None)
+
+
+def load_run_tokenizer(run_dir: str | Path) -> Any:
+    """The run's tokenizer.json, checked against the hash in run.json: the one way commands read it."""
+    from lmforge.tokenizer import Tokenizer
+
+    info = read_run(run_dir)
+    tokenizer = Tokenizer.load(info.path / TOKENIZER_FILE)
+    if info.tokenizer_sha256 and tokenizer.sha256 != info.tokenizer_sha256:
+        raise LmforgeError(
+            f"{info.path / TOKENIZER_FILE}: not the tokenizer this run was trained with (its sha256 differs "
+            "from the one in run.json); put the run's own tokenizer.json back"
+        )
+    return tokenizer
+
+
+def check_run_tokenizer(run_dir: str | Path, tokenizer: Any, source: str) -> None:
+    """On resume: the data's tokenizer must be the one the run was trained with, not just as large."""
+    recorded = read_run(run_dir).tokenizer_sha256
+    if recorded and tokenizer.sha256 != recorded:
+        raise LmforgeError(
+            f"{source}: made with a different tokenizer than the run in {run_dir} (sha256 differs from "
+            "run.json), so its ids mean other words; resume with the data the run was trained on"
+        )
 
 
 def _restore_config(run_dir: Path) -> bool:
@@ -146,7 +191,8 @@ def _restore_config(run_dir: Path) -> bool:
             warnings.warn(
                 f"{run_dir}: config.yaml was missing; rebuilt it from {state.parent.name}", stacklevel=3
             )
-            write_run_config(run_dir, record["kind"], record["config"])
+            sha = record.get("tokenizer_sha256")
+            write_run_config(run_dir, record["kind"], record["config"], tokenizer_sha256=sha)
             return True
     return False
 
@@ -371,7 +417,6 @@ def build_run_model(model_cfg: ModelConfig, config: dict[str, Any]) -> nn.Module
 def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: str | None = None) -> LM:
     """Load a language-model run (or any folder with config.yaml + tokenizer.json + model.safetensors)."""
     from lmforge.models.weights import load_weights
-    from lmforge.tokenizer import Tokenizer
 
     info = read_run(run_dir)
     run_dir = info.path
@@ -382,8 +427,8 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
             "lmforge evaluate with it (in Python: lmforge.load gives its TaskRun)"
         )
     model_cfg, data = model_config_of(run_dir)
-    tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
-    check_vocab(model_cfg, tokenizer, str(run_dir / "tokenizer.json"))
+    tokenizer = load_run_tokenizer(run_dir)
+    check_vocab(model_cfg, tokenizer, str(run_dir / TOKENIZER_FILE))
     model = build_run_model(model_cfg, data)
     weights_path = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights_path.is_file():
@@ -408,8 +453,8 @@ def write_run(
     from lmforge.models.weights import save_weights
 
     run_dir = Path(run_dir)
-    write_run_config(run_dir, model_kind(model_config), {**(config or {}), "model": to_dict(model_config)})
-    tokenizer.save(run_dir / "tokenizer.json")
+    config = {**(config or {}), "model": to_dict(model_config)}
+    write_run_config(run_dir, model_kind(model_config), config, tokenizer=tokenizer)
     save_weights(model, run_dir / "model.safetensors")
     return run_dir
 
@@ -420,11 +465,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "RunInfo",
     "build_run_model",
+    "check_run_tokenizer",
     "check_unchanged_model",
     "check_vocab",
     "claim_output_folder",
     "finish_training_run",
     "load",
+    "load_run_tokenizer",
     "model_config_of",
     "model_kind",
     "read_run",

@@ -480,7 +480,7 @@ def train_tokenizer(
     min_frequency: int = 2,
     lowercase: bool = False,
     clean: CleanConfig | None = None,
-    txt_unit: str = "file",
+    txt_unit: str = "paragraph",
     text_field: str = "text",
     encoding: str = "utf-8",
     show_progress: bool = False,
@@ -495,6 +495,10 @@ def train_tokenizer(
 
     cfg = TokenizerConfig(kind=kind, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase)
     cfg.validate()  # before reading a possibly large corpus
+    if out is not None and Path(out).is_dir():
+        raise LmforgeError(
+            f"{out}: is a folder; --out names the tokenizer file to write, e.g. {Path(out) / 'tokenizer.json'}"
+        )
     docs = Cleaner(clean)(read_documents(data, text_field=text_field, txt_unit=txt_unit, encoding=encoding))
     seen = 0
 

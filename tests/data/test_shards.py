@@ -321,6 +321,19 @@ def test_verify_and_tokenizer_catch_silent_changes(built: tuple[Path, Path], tmp
         Shards.open(d).tokenizer()
 
 
+def test_an_out_of_range_id_is_caught_on_open(built: tuple[Path, Path], tmp_path: Path) -> None:
+    """A damaged id would crash training with an IndexError inside the embedding; open names the file."""
+    d = _damaged(built, tmp_path, "out-of-range")
+    tokens = np.memmap(d / "train.bin", dtype=np.uint16, mode="r+")
+    tokens[3] = np.iinfo(np.uint16).max
+    tokens.flush()
+    del tokens
+    with pytest.raises(
+        LmforgeError, match=r"train\.bin: holds token id 65535, outside the \d+-token vocabulary"
+    ):
+        Shards.open(d)
+
+
 class _Interrupting(Tokenizer):
     """Simulates Ctrl-C in the middle of tokenizing."""
 
@@ -406,3 +419,20 @@ def test_chinese_corpus_round_trips_through_shards(tmp_path: Path) -> None:
         tokens, offsets = shards.tokens(name), shards.doc_offsets(name)
         got += [tok.decode(tokens[a : b - 1].tolist()) for a, b in itertools.pairwise(offsets)]
     assert sorted(got) == sorted(docs)
+
+
+def test_a_separate_validation_file_is_the_val_split_as_written(tmp_path: Path, tok: Tokenizer) -> None:
+    """--val_data: all of --data trains, and the val split is the given file, neither cleaned nor
+    deduplicated (a duplicate of a training document stays), so its perplexity is the standard one."""
+    train_docs, val_docs = make_docs(30), make_docs(34)[30:]
+    corpus = write_jsonl(tmp_path / "train.jsonl", train_docs)
+    valid = write_jsonl(tmp_path / "valid.jsonl", [*val_docs, train_docs[0], "x"])
+    m = prepare(corpus, tok, tmp_path / "shards", val_data=valid, val_fraction=0.3, show_progress=False)
+    shards = Shards.open(tmp_path / "shards")
+    assert m["split_by"] == "document" and m["val_sources"] == [str(valid)]
+    assert np.array_equal(shards.tokens("val"), expected_stream(tok, [*val_docs, train_docs[0], "x"]))
+    assert shards.manifest["splits"]["train"]["documents"] == len(train_docs)
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(LmforgeError, match=r"empty\.jsonl: file is empty"):
+        prepare(corpus, tok, tmp_path / "again", val_data=empty, show_progress=False)
+    assert not (tmp_path / "again").exists()

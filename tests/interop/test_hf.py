@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -262,3 +263,27 @@ def test_import_errors(tmp_path, tokenizer):
     ).save_pretrained(tmp_path)
     with pytest.raises(LmforgeError, match=r"no model\.safetensors or pytorch_model\.bin"):
         import_hf(tmp_path)
+
+
+def test_import_reads_only_sound_files_inside_the_model_folder(tmp_path, tokenizer):
+    """A truncated safetensors file and an index naming files outside the folder are one-line errors."""
+    torch.manual_seed(0)
+    hf_dir = export_hf(randomised(build_model(random_config("gpt2", 1))), tokenizer, tmp_path / "hf")
+    weights = hf_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LmforgeError, match=r"model\.safetensors: corrupt or truncated safetensors file"):
+        import_hf(hf_dir)
+
+    weights.write_bytes(data)
+    weights.rename(hf_dir / "shard-1.safetensors")
+    secret = tmp_path / "elsewhere.safetensors"
+    secret.write_bytes(data)
+    index = hf_dir / "model.safetensors.index.json"
+    for outside in ("../elsewhere.safetensors", str(secret), "sub/../../elsewhere.safetensors"):
+        index.write_text(json.dumps({"weight_map": {"wte.weight": outside, "h.0.x": "shard-1.safetensors"}}))
+        with pytest.raises(LmforgeError, match=r"index\.json: names .*which is not a file in"):
+            import_hf(hf_dir)
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"wte.weight": "shard-1.safetensors"}}))
+    ours, _ = import_hf(hf_dir)  # an index naming the shard beside it is followed
+    assert ours.config.n_layer == random_config("gpt2", 1).n_layer

@@ -66,3 +66,37 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
         ckpt.write_checkpoint(tmp_path, step, model, opt, {}, device=torch.device("cpu"), keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000003", "step_00000004"]
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_edited_state_file_is_caught_by_its_checksum(tmp_path):
+    """A flipped digit of the step in state.json would resume 100 steps off; the digest catches it."""
+    model = Tied()
+    opt = _opt_with_state(model)
+    for step in (1, 2):
+        ckpt.write_checkpoint(
+            tmp_path, step, model, opt, {"sampler": {"position": 8}}, device=torch.device("cpu"), keep_last=3
+        )
+    state = tmp_path / "step_00000002" / "state.json"
+    state.write_text(state.read_text().replace('"step": 2', '"step": 102'))
+    with pytest.warns(UserWarning, match="state.json: does not match its checksum"):
+        _path, meta = ckpt.find_resumable(tmp_path)
+    assert meta["step"] == 1
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    """A full disk in the middle of a checkpoint: the error propagates, the half-written
+    temporary directory is removed, and the last good checkpoint is still the one to resume."""
+    import errno
+
+    model = Tied()
+    opt = _opt_with_state(model)
+    ckpt.write_checkpoint(tmp_path, 1, model, opt, {}, device=torch.device("cpu"))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr(ckpt, "optimizer_for_save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.write_checkpoint(tmp_path, 2, model, opt, {}, device=torch.device("cpu"))
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert ckpt.find_resumable(tmp_path)[1]["step"] == 1

@@ -24,7 +24,7 @@ def _tokens(n: int = 6000, seed: int = 0) -> np.ndarray:
     return make_tokens(VOCAB, n, seed)
 
 
-def _trainer(run_dir, steps, *, dropout=0.1, **train_kw):
+def _trainer(run_dir, steps, *, dropout=0.1, objective=None, **train_kw):
     torch.manual_seed(0)
     model = build_model(
         ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=32, max_len=16, dropout=dropout)
@@ -37,7 +37,7 @@ def _trainer(run_dir, steps, *, dropout=0.1, **train_kw):
     batches = CausalLMBatches(_tokens(), 16, 4, seed=cfg.seed)
     val = _tokens(800, seed=1)
     return Trainer(
-        model, batches, cfg, run_dir, objective=causal_lm(),
+        model, batches, cfg, run_dir, objective=objective or causal_lm(),
         val_batches=lambda: eval_windows(val, 16, 4, cfg.eval_batches),
     )  # fmt: skip
 
@@ -127,9 +127,15 @@ def test_early_stopping(tmp_path):
     assert result.stopped_early and result.steps < 200
 
 
+def _scored(figures):
+    """The causal-LM objective as a task's would be, its dev figures those of an evaluator."""
+    return dataclasses.replace(causal_lm(), figures=figures)
+
+
 def test_select_metric_picks_weights_by_an_evaluator_figure(tmp_path):
     scores = iter([0.5, 0.9, 0.7])
-    t = _trainer(tmp_path, 12, eval_every=4, save_every=4, select_metric="accuracy")
+    objective = _scored(("loss", "accuracy"))
+    t = _trainer(tmp_path, 12, eval_every=4, save_every=4, select_metric="accuracy", objective=objective)
     t.evaluator = lambda model: {"loss": 1.0, "accuracy": next(scores)}
     result = t.fit()
     assert result.select_metric == "accuracy" and result.best_step == 8 and result.best_score == 0.9
@@ -138,7 +144,13 @@ def test_select_metric_picks_weights_by_an_evaluator_figure(tmp_path):
 
 
 def test_select_metric_must_be_reported(tmp_path):
-    t = _trainer(tmp_path, 4, eval_every=4, select_metric="f1")
+    """Refused before step 1 where the objective declares its figures, else at the first evaluation."""
+    with pytest.raises(
+        LmforgeError, match=r"select_metric='f1' is not a figure the clm validation reports \(loss, ppl\)"
+    ):
+        _trainer(tmp_path, 4, eval_every=4, select_metric="f1")
+    assert not (tmp_path / "metrics.jsonl").exists()
+    t = _trainer(tmp_path, 4, eval_every=4, select_metric="f1", objective=_scored(None))
     t.evaluator = lambda model: {"loss": 1.0, "accuracy": 0.5}
     with pytest.raises(
         LmforgeError, match=r"select_metric='f1' is not among the validation figures \(loss, accuracy\)"

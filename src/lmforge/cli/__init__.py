@@ -6,7 +6,8 @@ argument parsing and printing, one module per group of commands. Flags are gener
 config dataclasses (`--train.max_steps`, `--model.n_layer`, ...), so the CLI, YAML files and the
 API share one set of names and one set of checks. Every command that reports numbers takes
 `--json` and then prints them as one JSON object on the last line of stdout. User errors print
-one line (`lmforge: error: ...`) and exit with status 2.
+one line (`lmforge: error: ...`) and exit with status 2; a full disk or an unwritable folder
+prints one line too and exits with status 1.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from lmforge.cli.evaluation import add_compare, add_eval, add_evaluate, add_pred
 from lmforge.cli.inference import add_fill_mask, add_generate
 from lmforge.cli.ngram import add_ngram
 from lmforge.cli.runs import add_export, add_import, add_info
+from lmforge.cli.split import add_split
 from lmforge.cli.training import add_finetune, add_pretrain, add_scaling
 from lmforge.config import unknown_option_error
-from lmforge.errors import LmforgeError, TrainingStopped
+from lmforge.errors import LmforgeError, TrainingStopped, describe_os_error
 from lmforge.version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -39,6 +41,7 @@ EPILOG = """examples:
   lmforge generate runs/gpt --prompt "The meaning of" --max_new_tokens 100 --temperature 0.8 --top_p 0.95
   lmforge export hf runs/gpt out/hf_gpt
   lmforge import hf some/hf_gpt2_dir runs/imported
+  lmforge split qa --data dev-v1.1.json --dev_fraction 0.1 --out squad/    # squad/train.json, squad/dev.json
   lmforge finetune classify --model runs/bert --train sst2/train.tsv --dev sst2/dev.tsv --out runs/sst2
   lmforge finetune ner --model runs/bert --train conll/train.txt --dev conll/valid.txt --crf true --out runs/ner
   lmforge predict runs/sst2 --input new.tsv --output predictions.jsonl
@@ -53,7 +56,7 @@ EPILOG = """examples:
 # The order of `lmforge --help`: the pipeline from text to a trained model, then what uses one.
 COMMANDS = (
     add_tokenizer, add_prepare, add_pretrain, add_eval, add_compare, add_scaling, add_generate, add_fill_mask,
-    add_info, add_export, add_import, add_finetune, add_predict, add_evaluate, add_ngram,
+    add_info, add_export, add_import, add_split, add_finetune, add_predict, add_evaluate, add_ngram,
 )  # fmt: skip
 
 
@@ -111,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        message = describe_os_error(e)
+        if message is None:
+            raise
+        print(f"lmforge: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lmforge: interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
         return 130

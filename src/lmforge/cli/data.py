@@ -58,6 +58,7 @@ def cmd_prepare(ns: argparse.Namespace) -> None:
     manifest = lmforge.prepare(
         ns.data, ns.tokenizer, ns.out, clean=prep.clean, val_fraction=prep.val_fraction,
         text_field=prep.text_field, txt_unit=prep.txt_unit, encoding=prep.encoding, show_progress=True,
+        val_data=ns.val_data,
     )  # fmt: skip
     splits = manifest["splits"]
     result = {
@@ -85,6 +86,10 @@ def add_prepare(new: NewCommand) -> None:
 
     p = new("prepare", "clean, deduplicate, tokenize and pack a corpus into token shards")
     p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument(
+        "--val_data", default=None,
+        help="a separate validation corpus (e.g. wiki.valid.txt), kept as written; default: --val_fraction of --data",
+    )  # fmt: skip
     p.add_argument("--tokenizer", required=True, help="tokenizer.json to encode with")
     p.add_argument("--out", required=True, help="output shard directory")
     add_dataclass_flags(p, PrepConfig)

@@ -334,6 +334,13 @@ def encode_batches(
         yield batch
 
 
+def _as_val(batches: Iterable[EncodeBatch]) -> Iterator[EncodeBatch]:
+    """Batches of a separate validation corpus: every document goes to the val split."""
+    for batch in batches:
+        batch.is_val = [True] * len(batch.is_val)
+        yield batch
+
+
 def _packing_tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
     """The tokenizer to encode with, which must have an end-of-text token to close each document."""
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
@@ -398,15 +405,21 @@ def prepare(
     clean: Any = None,
     val_fraction: float = 0.005,
     text_field: str = "text",
-    txt_unit: str = "file",
+    txt_unit: str = "paragraph",
     encoding: str = "utf-8",
     batch_docs: int = 256,
     show_progress: bool = True,
+    val_data: Any = None,
 ) -> dict[str, Any]:
     """Read, clean, deduplicate, tokenize and pack a corpus into a shard directory; return its manifest.
 
     The API twin of `lmforge prepare --data corpus/ --tokenizer tok.json --out shards/`. `clean` is
     a `CleanConfig` (None = defaults). Memory stays flat whatever the corpus size.
+
+    `val_data` names a separate validation corpus (the valid file most corpora ship): all of `data`
+    is then training text, and the validation split is `val_data` exactly as written, neither
+    cleaned nor deduplicated, and a plain-text file as one stream (no end-of-text token between its
+    paragraphs), so that its perplexity is the one others report on that file.
     """
     from lmforge.text.clean import Cleaner
     from lmforge.text.corpus import read_documents
@@ -422,22 +435,36 @@ def prepare(
     vocab_size = tok.vocab_size
     dtype = dtype_for_vocab(vocab_size)
     cleaner = Cleaner(clean)
-    docs = cleaner(
-        read_documents(data, text_field=text_field, txt_unit=txt_unit, encoding=encoding)  # type: ignore[arg-type]
-    )
+    read = {"text_field": text_field, "txt_unit": txt_unit, "encoding": encoding}
+    docs = cleaner(read_documents(data, **read))  # type: ignore[arg-type]
+    if val_data is not None:
+        val_fraction = 0.0
+        batches = itertools.chain(
+            encode_batches(docs, 0.0, int(batch_docs)),
+            # A plain-text validation file is one stream (txt_unit "file"), as benchmarks score it.
+            _as_val(
+                encode_batches(read_documents(val_data, **{**read, "txt_unit": "file"}), 0.0, int(batch_docs))
+            ),  # type: ignore[arg-type]
+        )
+    else:
+        batches = encode_batches(docs, float(val_fraction), int(batch_docs))
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     writers: dict[bool, _SplitWriter] = {}
     try:
         writers = {False: _SplitWriter(tmp, "train", dtype), True: _SplitWriter(tmp, "val", dtype)}
         packer = _Packer(tok, writers, dtype)
-        _pack(packer, encode_batches(docs, float(val_fraction), int(batch_docs)), show_progress)
+        _pack(packer, batches, show_progress)
         for w in writers.values():
             w.close()
-        if writers[False].tokens + writers[True].tokens == 0:
+        if writers[False].tokens == 0 and (val_data is not None or writers[True].tokens == 0):
             raise LmforgeError(
                 f"no text left to tokenize in {data!r} after cleaning; check --data and --text_field, "
                 "or loosen the cleaning filters"
+            )
+        if val_data is not None and writers[True].tokens == 0:
+            raise LmforgeError(
+                f"no text in the validation data {val_data!r}; check --val_data and --text_field"
             )
         by_position, splits = _finish_splits(tmp, writers, dtype, float(val_fraction))
         tok.save(tmp / TOKENIZER)
@@ -454,15 +481,18 @@ def prepare(
             "splits": splits,
             "cleaning": cleaner.summary.to_dict(),
             "sources": _sources(data),
+            **({"val_sources": _sources(val_data)} if val_data is not None else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(tmp / MANIFEST, manifest)  # last: its presence marks a complete directory
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as e:
         for w in writers.values():
             with contextlib.suppress(Exception):
                 w.close()
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not e.filename:  # a buffered write's error names no file
+            raise OSError(e.errno, e.strerror, str(out)) from e
         raise
     return manifest
 
@@ -581,6 +611,20 @@ class Shards:
                 f"{idx_path}: document offsets do not match the manifest ({info['documents']} documents, "
                 f"{info['tokens']} tokens); {_FIX}"
             )
+        self._check_ids(split)
+
+    def _check_ids(self, split: str, chunk: int = 1 << 26) -> None:
+        """Every id must be one of the vocabulary's: a damaged byte would otherwise surface as an
+        IndexError deep in the embedding. One vectorised max per 64M tokens (a fraction of a second
+        per GB), cheaper than re-hashing the file, which `verify` does."""
+        tokens = self.tokens(split)
+        for start in range(0, len(tokens), chunk):
+            top = int(tokens[start : start + chunk].max())
+            if top >= self.vocab_size:
+                raise LmforgeError(
+                    f"{self.path / f'{split}.bin'}: holds token id {top}, outside the {self.vocab_size}-token "
+                    f"vocabulary of {MANIFEST} (the file is damaged); {_FIX}"
+                )
 
     def _split(self, split: str) -> dict[str, Any]:
         if split not in SPLITS:

@@ -230,10 +230,9 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
     no layout can express is an error naming the field to change. Weights keep the model's dtype;
     padded vocabulary rows (model vocab > tokenizer vocab) are kept.
     """
-    from safetensors.torch import save_file
-
     from lmforge.interop import hf_bert
     from lmforge.models.encoder import Encoder
+    from lmforge.models.weights import write_safetensors
 
     model = getattr(model, "_orig_mod", model)
     if not isinstance(model, (Transformer, Encoder)):
@@ -263,7 +262,7 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
     # safetensors wants each tensor contiguous and owning its memory (no views of the fused qkv).
     hf_sd = {k: v.clone(memory_format=torch.contiguous_format) for k, v in hf_sd.items()}
     with atomic_path(out / "model.safetensors") as tmp:
-        save_file(hf_sd, str(tmp), metadata={"format": "pt"})
+        write_safetensors(hf_sd, tmp, metadata={"format": "pt"})
 
     if layout == "bert":
         hf_cfg = hf_bert.bert_config(cfg, pair_head=pair_head)
@@ -286,11 +285,11 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
 
 def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory: (sharded) safetensors, else (sharded) pytorch_model.bin."""
-    from safetensors.torch import load_file
+    from lmforge.models.weights import read_safetensors
 
     index = d / "model.safetensors.index.json"
     if index.is_file():  # sharded: the index names the shard files
-        files = sorted({d / name for name in read_json(index).get("weight_map", {}).values()})
+        files = _index_shards(index)
     elif (d / "model.safetensors").is_file():
         files = [d / "model.safetensors"]
     else:
@@ -298,7 +297,7 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     if files:
         sd: dict[str, torch.Tensor] = {}
         for f in files:
-            sd.update(load_file(str(f)))
+            sd.update(read_safetensors(f))  # a truncated or damaged file is a one-line error
         return sd
     bins = sorted(d.glob("pytorch_model*.bin"))
     if bins:
@@ -316,6 +315,23 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     raise LmforgeError(
         f"{d}: no model.safetensors or pytorch_model.bin found; pass a Hugging Face model directory"
     )
+
+
+def _index_shards(index: Path) -> list[Path]:
+    """The shard files a sharded checkpoint's index names, which must be plain file names in the
+    model folder: an index is data from the internet, and must not make us read other files."""
+    data = read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise LmforgeError(f"{index}: no 'weight_map' of tensor names to shard files; the index is damaged")
+    names = {str(name) for name in weight_map.values()}
+    for name in sorted(names):
+        if Path(name).name != name or name in (".", "..") or "\\" in name:
+            raise LmforgeError(
+                f"{index}: names {name!r}, which is not a file in {index.parent} (an index may only name "
+                "shard files beside it); the index is damaged or not to be trusted"
+            )
+    return [index.parent / name for name in sorted(names)]
 
 
 def _strip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

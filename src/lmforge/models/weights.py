@@ -14,11 +14,13 @@ Works for any nn.Module (the Transformer, and the baselines and heads to come):
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.errors import LmforgeError
@@ -60,17 +62,30 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """`safetensors.torch.save_file`, whose I/O failures (a full disk, a read-only folder) come
+    back as the OSError they are, naming the file, rather than as a serialisation error."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from None
+
+
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write the model's weights atomically (temp file + rename), with their digest in the header.
 
     The digest is the header's only metadata: safetensors writes metadata keys in no fixed order,
     and one key keeps the file's bytes the same for the same weights (resume tests compare them).
     """
-    from safetensors.torch import save_file
-
     tensors = {k: v.cpu().contiguous() for k, v in weights_for_save(model).items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"sha256": tensors_digest(tensors)})
+        write_safetensors(tensors, tmp, metadata={"sha256": tensors_digest(tensors)})
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

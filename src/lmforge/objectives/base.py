@@ -3,7 +3,8 @@
 The trainer knows no objective. It calls `objective.loss(model, batch) -> (loss, metrics)` for
 every micro-batch, weights validation batches by `objective.batch_weight(batch)`, adds the figures
 `objective.derived(mean validation loss)` returns (a causal LM's perplexity) to what it reports,
-and, unless `train.select_metric` names one, keeps the checkpoint best by `objective.select_metric`.
+and, unless `train.select_metric` names one, keeps the checkpoint best by `objective.select_metric`
+(a name among the `figures` it declares, checked when training starts).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Objective:
     batch_weight: Callable[[Any], int] = default_batch_weight  # weight of a batch in validation means
     derived: Callable[[float], dict[str, float]] = no_derived  # figures computed from the mean loss
     select_metric: str = "loss"  # the validation figure that keeps the best weights by default
+    # Every validation figure it reports ("loss" and the names its loss and `derived` give), so
+    # that a train.select_metric it never reports is refused before step 1; None: not declared.
+    figures: tuple[str, ...] | None = None
 
 
 @dataclass

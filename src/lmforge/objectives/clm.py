@@ -47,7 +47,7 @@ def perplexity(loss: float) -> dict[str, float]:
 
 def causal_lm(loss: Any = clm_loss) -> Objective:
     """The causal-LM objective as the trainer takes it (also for the carried-state baselines)."""
-    return Objective("clm", loss, batch_weight=target_tokens, derived=perplexity)
+    return Objective("clm", loss, batch_weight=target_tokens, derived=perplexity, figures=("loss", "ppl"))
 
 
 def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) -> ObjectiveSetup:

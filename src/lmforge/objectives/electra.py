@@ -154,7 +154,8 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
 
     flops = model.flops_per_token(seq_len, predicted_fraction=masking.rate)
     loss = functools.partial(electra_loss, disc_weight=cfg.electra.disc_weight)
-    return ObjectiveSetup(model, batches, val_batches, Objective("electra", loss), flops)
+    figures = ("loss", "gen_loss", "disc_loss", "disc_acc", "gen_acc", "replaced_recall")
+    return ObjectiveSetup(model, batches, val_batches, Objective("electra", loss, figures=figures), flops)
 
 
 __all__ = ["ElectraConfig", "discriminator_loss", "electra_loss", "electra_masking", "setup"]

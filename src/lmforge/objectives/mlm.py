@@ -90,7 +90,9 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
                 return val_src.eval_batches(tcfg.eval_batches)
 
     flops = model.flops_per_token(seq_len, predicted_fraction=cfg.mlm.rate)
-    return ObjectiveSetup(model, batches, val_batches, Objective(cfg.objective, mlm_loss), flops)
+    figures = ("loss", "mlm_loss", "mlm_acc", *(("pair_loss", "pair_acc") if mode != "mlm" else ()))
+    objective = Objective(cfg.objective, mlm_loss, figures=figures)
+    return ObjectiveSetup(model, batches, val_batches, objective, flops)
 
 
 __all__ = ["mlm_loss", "setup"]

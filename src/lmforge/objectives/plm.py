@@ -126,7 +126,13 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
         model,
         batches,
         val_batches,
-        Objective("plm", plm_loss, batch_weight=batch_rows, derived=perplexity),
+        Objective(
+            "plm",
+            plm_loss,
+            batch_weight=batch_rows,
+            derived=perplexity,
+            figures=("loss", "ppl", "plm_loss", "plm_acc"),
+        ),
         flops,
     )
 

@@ -69,11 +69,24 @@ class ClassifyTask:
 
     summary = "sequence classification of texts or text pairs (TSV/CSV/JSONL)"
     default_metric = "accuracy"
+    metrics = ("accuracy", "macro_f1")
     options = ("text_column", "text_pair_column", "label_column", "pooling", "class_weights")
     label_key = "label"
 
     def read(self, cfg: FinetuneConfig, path: Path) -> list[Any]:
         return read_classification(path, **resolve_columns(cfg, path))
+
+    def chance(self, data: TaskData, labels: LabelMap) -> dict[str, tuple[float, str]]:
+        """Always predicting the most frequent dev label: accuracy is its share p, and macro-F1 is
+        that class's F1, 2p / (1 + p), averaged with zeros over the other labels."""
+        from collections import Counter
+
+        gold = [e.label for e in data.examples]
+        if not gold:
+            return {}
+        label, count = Counter(gold).most_common(1)[0]
+        p, how = count / len(gold), f"always predicting {label!r}"
+        return {"accuracy": (p, how), "macro_f1": (2 * p / (1 + p) / max(1, len(labels.names)), how)}
 
     def read_for_prediction(self, cfg: FinetuneConfig, path: Path) -> tuple[list[Any], bool]:
         """The training formats with or without the label column, or .txt with one text per line."""

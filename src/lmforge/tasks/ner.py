@@ -71,11 +71,16 @@ class NerTask:
 
     summary = "named-entity recognition / tagging (CoNLL column files)"
     default_metric = "f1"
+    metrics = ("precision", "recall", "f1")
     options = ("token_column", "tag_column", "scheme", "crf", "label_all_pieces", "class_weights")
     label_key = "word_labels"
 
     def read(self, cfg: FinetuneConfig, path: Path) -> list[Any]:
         return read_conll(path, token_column=cfg.token_column, tag_column=cfg.tag_column, scheme=cfg.scheme)
+
+    def chance(self, data: TaskData, labels: LabelMap) -> dict[str, tuple[float, str]]:
+        how = "tagging every word O (no entity found)"
+        return {"f1": (0.0, how), "precision": (0.0, how), "recall": (0.0, how)}
 
     def read_for_prediction(self, cfg: FinetuneConfig, path: Path) -> tuple[list[Any], bool]:
         """CoNLL with tags (gold), CoNLL with words only, or plain text with one sentence per line.

@@ -38,11 +38,16 @@ class QaTask:
 
     summary = "extractive question answering (SQuAD v1.1 JSON)"
     default_metric = "f1"
+    metrics = ("exact_match", "f1")
     options = ("doc_stride", "max_query_len", "max_answer_len", "n_best")
     label_key = "start_positions"
 
     def read(self, cfg: FinetuneConfig, path: Path) -> list[Any]:
         return read_squad(path)
+
+    def chance(self, data: TaskData, labels: LabelMap) -> dict[str, tuple[float, str]]:
+        how = "answering with no word of the context"
+        return {"f1": (0.0, how), "exact_match": (0.0, how)}
 
     def read_for_prediction(self, cfg: FinetuneConfig, path: Path) -> tuple[list[Any], bool]:
         """SQuAD JSON, which always carries answers."""

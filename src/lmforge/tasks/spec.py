@@ -45,6 +45,7 @@ class TaskSpec(Protocol):
 
     summary: str  # one line for `lmforge finetune --help`
     default_metric: str  # the dev metric that keeps the best checkpoint unless train.select_metric says
+    metrics: tuple[str, ...]  # every dev metric `score` reports (train.select_metric must be one, or loss)
     options: tuple[str, ...]  # FinetuneConfig fields this task reads and some other task ignores
     label_key: str  # the batch field that is present exactly when a batch carries gold labels
 
@@ -100,4 +101,9 @@ class TaskSpec(Protocol):
 
     def describe_labels(self, labels: LabelMap) -> str:
         """What the head predicts, for the line a run starts with ("2 labels")."""
+        ...
+
+    def chance(self, data: TaskData, labels: LabelMap) -> dict[str, tuple[float, str]]:
+        """Each metric's value for a model that learned nothing, and what that model does: a run
+        that ends there is told so (it is usually too small or too short to learn)."""
         ...

@@ -11,14 +11,16 @@ Layout of a run directory's `train_state/`:
         objective.rank<R>.safetensors  each rank's objective state, if it has one (e.g. an LSTM's
                                   hidden state carried across batches, lmforge.objectives.rnn)
         state.json                step, sampler position, best val loss, optimizer hyper-parameters,
-                                  sha256 of each file above
+                                  sha256 of each file above, and `state_sha256` of its own other fields
 
 A step directory is built under a temporary name and renamed into place, so a run killed while
-saving leaves the previous checkpoint untouched; nothing is ever unpickled.
+saving leaves the previous checkpoint untouched (a failed write, a full disk say, removes the
+temporary directory it made); nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.models.weights import load_weights, read_safetensors, weights_for_save
+from lmforge.models.weights import load_weights, read_safetensors, weights_for_save, write_safetensors
 from lmforge.utils.io import atomic_write_json, read_json, sha256_file
 
 # ---------------------------------------------------------------- optimizer
@@ -112,40 +113,69 @@ def write_checkpoint(
         tmp.mkdir(parents=True)
     if barrier:
         barrier()
-    save_file(rng_for_save(device), str(tmp / f"rng.rank{rank}.safetensors"))
-    if objective_state:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in objective_state.items()}
-        save_file(tensors, str(tmp / f"objective.rank{rank}.safetensors"))
-    if barrier:
-        barrier()
-    if rank == 0:
-        save_file(
-            {k: v.cpu().contiguous() for k, v in weights_for_save(model).items()},
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        opt_tensors, groups = optimizer_for_save(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        files = sorted(p.name for p in tmp.glob("*.safetensors"))
-        meta = {
-            **state,
-            "step": step,
-            "world_size": world_size,
-            "optimizer_param_groups": groups,
-            "sha256": {name: sha256_file(tmp / name) for name in files},
-        }
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-        for p in tmp.iterdir():  # flush file contents before the rename makes them visible
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_json(state_root / "latest.json", {"step": step, "dir": final.name})
-        prune_checkpoints(state_root, keep_last)
+    try:
+        _write_rank_files(tmp, device, rank, objective_state)
+        if barrier:
+            barrier()
+        if rank == 0:
+            _write_main_files(tmp, step, model, optimizer, state, world_size)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            atomic_write_json(state_root / "latest.json", {"step": step, "dir": final.name})
+            prune_checkpoints(state_root, keep_last)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not also keep the half-written copy
+        raise
     if barrier:
         barrier()
     return final
+
+
+def _write_rank_files(
+    tmp: Path, device: torch.device, rank: int, objective_state: dict[str, torch.Tensor] | None
+) -> None:
+    write_safetensors(rng_for_save(device), tmp / f"rng.rank{rank}.safetensors")
+    if objective_state:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in objective_state.items()}
+        write_safetensors(tensors, tmp / f"objective.rank{rank}.safetensors")
+
+
+def _write_main_files(
+    tmp: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    world_size: int,
+) -> None:
+    write_safetensors(
+        {k: v.cpu().contiguous() for k, v in weights_for_save(model).items()},
+        tmp / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    opt_tensors, groups = optimizer_for_save(optimizer)
+    write_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+    files = sorted(p.name for p in tmp.glob("*.safetensors"))
+    meta = {
+        **state,
+        "step": step,
+        "world_size": world_size,
+        "optimizer_param_groups": groups,
+        "sha256": {name: sha256_file(tmp / name) for name in files},
+    }
+    meta["state_sha256"] = state_digest(meta)
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    for p in tmp.iterdir():  # flush file contents before the rename makes them visible
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def state_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of state.json's fields but its own (canonical JSON): one flipped digit of the step
+    or of the sampler position would otherwise resume silently at the wrong place."""
+    fields = {k: v for k, v in meta.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def prune_checkpoints(state_root: Path, keep_last: int) -> None:
@@ -168,8 +198,18 @@ def list_checkpoints(state_root: Path) -> list[Path]:
 
 
 def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
-    """Read state.json and check every file's sha256; raise LmforgeError naming the bad file."""
+    """Read state.json and check its own digest and every file's sha256; raise LmforgeError naming
+    the bad file. (Checkpoints written before state.json carried a digest are checked by file only.)"""
     meta = read_json(ckpt / "state.json")
+    if not isinstance(meta, dict):
+        raise LmforgeError(
+            f"{ckpt / 'state.json'}: not a checkpoint state; resume from an earlier checkpoint"
+        )
+    if "state_sha256" in meta and meta["state_sha256"] != state_digest(meta):
+        raise LmforgeError(
+            f"{ckpt / 'state.json'}: does not match its checksum (edited or damaged); "
+            "resume from an earlier checkpoint"
+        )
     for name, digest in meta.get("sha256", {}).items():
         f = ckpt / name
         if not f.is_file():

@@ -155,6 +155,7 @@ class Trainer:
             self.objective.select_metric if cfg.select_metric == "auto" else cfg.select_metric
         )
         self.select_max = _higher_is_better(self.select_metric)
+        self._check_select_metric()
         self.last_val_metrics: dict[str, float] = {}
         self.step_metrics: dict[str, torch.Tensor] = {}
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -322,6 +323,16 @@ class Trainer:
         return (
             total if total is not None else torch.zeros(widest or 2, device=self.device, dtype=torch.float64)
         )
+
+    def _check_select_metric(self) -> None:
+        """Refuse a train.select_metric the validation never reports now, not at the first evaluation."""
+        figures = self.objective.figures
+        evaluates = self.val_batches is not None or self.evaluator is not None
+        if evaluates and figures is not None and self.select_metric not in figures:
+            raise LmforgeError(
+                f"train.select_metric={self.select_metric!r} is not a figure the {self.objective.name} "
+                f"validation reports ({', '.join(figures)}); choose one of them, or auto"
+            )
 
     def _after_eval(self, val: float, logger: MetricsLogger | None) -> bool:
         """Record a validation loss; keep the best weights; return True when patience has run out."""
