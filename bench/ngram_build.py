@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.ngram import NGramLM, fit_ngram, read_arpa, write_arpa
-from lmforge.ngram.text import read_lines
+from lmforge.text.corpus import read_lines
 from lmforge.utils.shared_data import shared_data_path
 
 BUILD_TARGET_X_NLTK = 50.0

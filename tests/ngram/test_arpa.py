@@ -10,7 +10,7 @@ import pytest
 
 from lmforge.errors import LmforgeError
 from lmforge.ngram import DiscountFallbackWarning, NGramLM, fit_ngram, read_arpa, write_arpa
-from lmforge.ngram.text import read_lines
+from lmforge.text.corpus import read_lines
 
 LINES = [
     "the cat sat on the mat",

@@ -87,8 +87,8 @@ def read_text(
     `lmforge ngram eval`. `skip_empty` drops empty lines for every model alike (neural runs
     prepared with ``txt_unit line`` never saw one, since blank lines are not documents there).
     """
-    from lmforge.ngram.text import read_lines
     from lmforge.ngram.vocab import split_words
+    from lmforge.text.corpus import read_lines
 
     lines: list[str] = []
     words = 0

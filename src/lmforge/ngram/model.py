@@ -294,7 +294,7 @@ class NGramLM:
 
     def perplexity_file(self, data: str | Path | Sequence[str | Path]) -> NGramEval:
         """Perplexity of text files (a file, directory, glob or list), one sentence per line."""
-        from lmforge.ngram.text import read_lines
+        from lmforge.text.corpus import read_lines
 
         return self.perplexity(read_lines(data))
 

@@ -77,7 +77,7 @@ def train_ngram(
     Laplace), kneser-ney or modified-kneser-ney. Words seen fewer than `min_count` times, or beyond
     the `max_vocab` most frequent, become `<unk>`. The `lmforge ngram train` command is this call.
     """
-    from lmforge.ngram.text import read_lines
+    from lmforge.text.corpus import read_lines
 
     model = fit_ngram(
         read_lines(data), order, smoothing, k=k, min_count=min_count, max_vocab=max_vocab, lowercase=lowercase

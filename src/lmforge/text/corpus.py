@@ -584,3 +584,20 @@ def read_documents(
         total += count
     if total == 0 and not only_input:
         raise LmforgeError(f"{spec}: no text found in any input file; give files with text")
+
+
+def read_lines(data: str | Path | Sequence[str | Path], encoding: str = "utf-8") -> Iterator[str]:
+    """Every line of the files named by `data` (file, directory, glob or a list of them), in order,
+    an empty line included: what line-based readers (n-gram models, parallel text) consume. The
+    files are decoded by `read_documents`, so they fail the same way on binary or mis-encoded
+    input; a file that does not end with a newline still ends its last line."""
+    carry = ""
+    for doc in read_documents(data, txt_unit="file", encoding=encoding):
+        if doc.part == 0 and carry:
+            yield carry  # the previous file (or record) ended without a newline
+            carry = ""
+        lines = (carry + doc.text).split("\n")
+        carry = lines.pop()
+        yield from lines
+    if carry:
+        yield carry
