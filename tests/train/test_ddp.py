@@ -131,3 +131,5 @@ def test_ddp_trains_losses_taken_outside_forward(tmp_path, tiny_corpus):
                     "--train.device", "cpu", "--json")  # fmt: skip
     assert ner.returncode == 0, ner.stderr[-3000:]
     assert json.loads(ner.stdout.strip().splitlines()[-1])["steps"] == 4
+    for run in (electra, ner):  # one report, from rank 0, not one per rank
+        assert sum(line.startswith("{") for line in run.stdout.splitlines()) == 1, run.stdout

@@ -4,11 +4,17 @@ of stdout, which scripts read without parsing the report."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 
 def emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> None:
-    """Print `human` (when given) and, with `--json`, `result` as one JSON line after it."""
+    """Print `human` (when given) and, with `--json`, `result` as one JSON line after it.
+
+    Under torchrun every rank returns the same result; only rank 0 prints it, so that the output is
+    one report (and `--json`'s last line one JSON object) rather than the ranks' writes interleaved."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if human:
         print(human, flush=True)
     if as_json:
