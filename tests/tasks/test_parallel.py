@@ -56,7 +56,7 @@ def test_jsonl_fields_are_named_when_missing(tmp_path):
     ):
         read_parallel(path)
     broken = _write(tmp_path / "b.jsonl", '{"src": "a", "tgt": "b"}\n{"src": \n')
-    with pytest.raises(LmforgeError, match=r"b\.jsonl:2: not valid JSON"):
+    with pytest.raises(LmforgeError, match=r"b\.jsonl:2: invalid JSON"):
         read_parallel(broken)
 
 

@@ -10,7 +10,7 @@ Three layouts, the ones parallel corpora ship in:
   default; DialogSum's `dialogue` / `summary` with `src_field` / `tgt_field`).
 
 Plain-text files are decoded by `lmforge.text.corpus.read_lines`, so a binary, mis-encoded or
-NUL-carrying file fails as it does everywhere else. Each side is stripped of surrounding whitespace. A pair with
+NUL-carrying file fails as it does everywhere else; JSONL is read as the task readers read it. Each side is stripped of surrounding whitespace. A pair with
 an empty side teaches nothing and is skipped, and counted (`ParallelText.notes` says how many);
 files whose line counts differ are refused, naming both files and both counts, since every pair
 after the first missing line would be misaligned.
@@ -18,12 +18,12 @@ after the first missing line would be misaligned.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.tasks.readers import iter_jsonl
 from lmforge.text.corpus import read_lines
 
 
@@ -80,7 +80,7 @@ def read_parallel(
         return _read_aligned(files[0], files[1], encoding)
     path = files[0]
     if path.suffix.lower() == ".jsonl":
-        return _read_jsonl(path, src_field, tgt_field, encoding)
+        return _read_jsonl(path, src_field, tgt_field)
     if path.suffix.lower() in (".tsv", ".txt", ".tab"):
         return _read_tsv(path, src_field, tgt_field, encoding)
     raise LmforgeError(
@@ -132,24 +132,9 @@ def _read_tsv(path: Path, src_field: str, tgt_field: str, encoding: str) -> Para
     return _collect(rows, (str(path),), "tsv")
 
 
-def _json_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    """The lines of a JSONL file, read as they are (the corpus reader would parse the records)."""
-    try:
-        with open(path, encoding=encoding) as f:
-            yield from enumerate(f, 1)
-    except UnicodeDecodeError as e:
-        raise LmforgeError(f"{path}: not {encoding} text (byte {e.start}); save it as UTF-8") from None
-
-
-def _read_jsonl(path: Path, src_field: str, tgt_field: str, encoding: str) -> ParallelText:
+def _read_jsonl(path: Path, src_field: str, tgt_field: str) -> ParallelText:
     rows = []
-    for i, line in _json_lines(path, encoding):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmforgeError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    for i, record in iter_jsonl(path):
         if not isinstance(record, dict):
             raise LmforgeError(f"{path}:{i}: expected an object with {src_field!r} and {tgt_field!r}")
         for name, flag in ((src_field, "src_field"), (tgt_field, "tgt_field")):

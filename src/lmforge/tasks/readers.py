@@ -62,18 +62,24 @@ def _iter_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]
             raise LmforgeError(f"{path}:{reader.line_num}: cannot parse as delimited text ({e})") from e
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | list]]:
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{path}:{i}: invalid JSON ({e.msg})") from e
-            if not isinstance(obj, dict | list):
-                raise LmforgeError(f"{path}:{i}: expected a JSON object or array per line")
-            yield i, obj
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict | list]]:
+    """(line number, record) of each non-blank line of a JSONL file (task files and parallel text)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LmforgeError(f"{path}:{i}: invalid JSON ({e.msg})") from e
+                if not isinstance(obj, dict | list):
+                    raise LmforgeError(f"{path}:{i}: expected a JSON object or array per line")
+                yield i, obj
+    except UnicodeDecodeError as e:
+        raise LmforgeError(
+            f"{path}: not UTF-8 (byte {e.start}); JSON Lines files are UTF-8, save it so"
+        ) from None
 
 
 def _label_of(row: list[str], idx: int) -> str | None:
@@ -198,7 +204,7 @@ def _column_indices(
 
 def _read_classification_jsonl(path: Path, columns: dict[str, Column]) -> list[ClassificationExample]:
     out: list[ClassificationExample] = []
-    for line, obj in _iter_jsonl(path):
+    for line, obj in iter_jsonl(path):
         cells: dict[str, str] = {}
         for role, col in columns.items():
             if isinstance(obj, dict):
