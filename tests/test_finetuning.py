@@ -290,7 +290,7 @@ def test_freezing_and_layer_decay(bert):
     cfg = FinetuneConfig(task="classify")
     from lmforge.tasks.readers import LabelMap
 
-    model = build_task_model(cfg, backbone, LabelMap(["a", "b"]), None)
+    model = build_task_model(cfg, backbone, LabelMap(["a", "b"]), None, None)
     scale = layer_lr_scale(model, 0.5)
     assert scale("classifier.weight") == 1.0
     assert scale("backbone.model.blocks.1.attn.qkv.weight") == 0.5  # top block: one step below the head

@@ -13,6 +13,7 @@ the same numbers.
     lmforge.info("runs/gpt")                                                     # lmforge info
     lmforge.evaluate("runs/gpt", "held_out.txt")                                 # lmforge eval, lmforge evaluate
     lmforge.predict("runs/ner", "test.txt", "test.pred.conll")                   # lmforge predict
+    lmforge.translate("runs/mt", ["A dog runs."], beam=5)                        # lmforge translate
     lmforge.generate("runs/gpt", "The meaning of", max_new_tokens=50)            # lmforge generate
     lmforge.generate_stream("runs/gpt", "The meaning of")                        # ... piece by piece
     lmforge.generate_batch("runs/gpt", ["Once", "The meaning of"])               # lmforge generate --prompt A --prompt B
@@ -59,6 +60,7 @@ __all__ = [
     "split",
     "train_ngram",
     "train_tokenizer",
+    "translate",
 ]
 
 
@@ -184,6 +186,20 @@ def predict(
     from lmforge.utils.device import resolve_device
 
     return predict_task(run, input, output, batch_size=batch_size, device=resolve_device(device))
+
+
+def translate(
+    run: Any, input: str | Path | list[str], output: str | Path | None = None, *, device: Any = "cpu",
+    **options: Any,
+) -> list[str]:  # fmt: skip
+    """Outputs of a seq2seq run (translation, summarisation) for texts or a file of one source per
+    line, written one per line to `output` when given. Options: beam, length_penalty,
+    max_new_tokens, no_repeat_ngram (None: the run's own settings), batch_size."""
+    from lmforge.finetuning import translate as translate_texts
+    from lmforge.utils.device import resolve_device
+
+    _check_options(translate_texts, options, "translate")
+    return translate_texts(run, input, output, device=resolve_device(device), **options)
 
 
 def evaluate(run: Any, data: Any, *, device: Any = "cpu", **options: Any):

@@ -50,8 +50,10 @@ from lmforge.train.config import TrainConfig
 
 @dataclass
 class FinetuneConfig:
-    task: str = "classify"  # a key of lmforge.tasks.registry.TASKS: classify | ner | qa
-    model: str = ""  # the pretrained run directory (encoder or decoder) or a Hugging Face model directory
+    task: str = "classify"  # a key of lmforge.tasks.registry.TASKS: classify | ner | qa | seq2seq
+    # the pretrained run directory (encoder, decoder or encoder-decoder) or a Hugging Face model
+    # directory; none with --from_scratch true: a new `architecture` over --tokenizer
+    model: str = ""
     train_file: str = ""  # labelled training data (TSV/CSV/JSONL, CoNLL, SQuAD JSON); --train on the CLI
     dev_file: str | None = None  # labelled dev data: the metric that picks the best checkpoint; --dev
     out: str = "runs/task"  # the task run directory to create (or resume)
@@ -86,6 +88,35 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     # batch examples of similar length together (shuffled batches of sorted windows): less padding
     group_by_length: bool = False
+    # batch by a token budget: as many examples of similar length as fit in this many padded
+    # tokens (translation's batching, fairseq's --max-tokens); 0 = train.batch_size examples
+    max_tokens: int = 0
+    # seq2seq: the JSONL (or TSV header) fields of the source and the target
+    src_field: str = "src"
+    tgt_field: str = "tgt"
+    label_smoothing: float = 0.1  # seq2seq: share of the target's probability spread over the vocabulary
+    beam: int = 5  # seq2seq: beam size of dev scoring and predictions (1 = greedy)
+    length_penalty: float = 1.0  # seq2seq: beam scores are log p / length^this (>1 favours longer output)
+    max_new_tokens: int = 0  # seq2seq: longest output; 0 = 2 x the source + 10 (within max_len)
+    no_repeat_ngram: int = 0  # seq2seq: no n-gram of this size twice in an output (0 = off)
+    bleu_tokenize: str = "auto"  # seq2seq: sacreBLEU tokenizer; auto = zh for Chinese targets, else 13a
+    tokenizer: str = ""  # --from_scratch without --model: the tokenizer.json of the new model
+    # --from_scratch without --model: the model to build (its vocab_size 0 = the tokenizer's)
+    architecture: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            arch="encoder-decoder",
+            n_layer=3,
+            n_head=4,
+            d_model=256,
+            d_ff=1024,
+            max_len=256,
+            position="sinusoidal",
+            scale_embeddings=True,
+            init_std=256**-0.5,
+            activation="relu",
+            dropout=0.1,
+        )
+    )
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             lr=5e-5,
@@ -123,14 +154,20 @@ def build_config(
 # ------------------------------------------------------------------------------------------- backbone
 
 
-def load_backbone(source: str | Path, *, from_scratch: bool = False) -> tuple[Backbone, Any, dict[str, Any]]:
+def load_backbone(
+    source: str | Path, *, from_scratch: bool = False, architecture: ModelConfig | None = None,
+    tokenizer: str | Path = "",
+) -> tuple[Backbone, Any, dict[str, Any]]:  # fmt: skip
     """(backbone, tokenizer, the source's config dict) from a run directory or a Hugging Face directory.
 
     `from_scratch` keeps the architecture and tokenizer but not the weights: the baseline that
-    shows what pretraining is worth.
+    shows what pretraining is worth. Without a source, `from_scratch` builds `architecture` over
+    the `tokenizer` file (a translation model trained from nothing).
     """
     from lmforge.models import build_model
 
+    if not str(source):
+        return _new_backbone(architecture or ModelConfig(), tokenizer)
     src = Path(source)
     if not src.is_dir():
         raise LmforgeError(
@@ -164,14 +201,36 @@ def load_backbone(source: str | Path, *, from_scratch: bool = False) -> tuple[Ba
     return Backbone(model.train()), tokenizer, config
 
 
+def _new_backbone(
+    architecture: ModelConfig, tokenizer_file: str | Path
+) -> tuple[Backbone, Any, dict[str, Any]]:
+    """A freshly initialised `architecture` (vocab_size 0: the tokenizer's, rounded up to 64)."""
+    from lmforge.models import build_model
+    from lmforge.run import check_vocab
+    from lmforge.tokenizer import Tokenizer
+
+    if not str(tokenizer_file):
+        raise LmforgeError("--from_scratch without --model needs --tokenizer: the tokenizer.json to build on")
+    tokenizer = Tokenizer.load(tokenizer_file)
+    if architecture.vocab_size == 0:
+        rows = 64 * math.ceil(tokenizer.vocab_size / 64)
+        architecture = from_dict(
+            ModelConfig, {**to_dict(architecture), "vocab_size": rows}, prefix="architecture."
+        )
+    check_vocab(architecture, tokenizer, f"--architecture.vocab_size={architecture.vocab_size}")
+    torch.manual_seed(0)
+    return Backbone(build_model(architecture).train()), tokenizer, {"architecture": to_dict(architecture)}
+
+
 # ------------------------------------------------------------------------------------------- model
 
 
 def build_task_model(
-    cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None
-) -> nn.Module:
+    cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None,
+    tokenizer: Any,
+) -> nn.Module:  # fmt: skip
     """The backbone under the head of `cfg.task`."""
-    return task_spec(cfg.task).build_head(cfg, backbone, labels, class_weights)
+    return task_spec(cfg.task).build_head(cfg, backbone, labels, class_weights, tokenizer)
 
 
 def apply_freezing(model: nn.Module, spec: str) -> int:
@@ -254,16 +313,23 @@ def task_objective(name: str, spec: TaskSpec, select_metric: str, *, scored: boo
 def run_predictions(
     model: nn.Module, data: TaskData, batch_size: int, pad_id: int, device: torch.device, spec: TaskSpec
 ) -> dict:
-    """Decoded outputs over a file's features in order (class ids and probabilities, word tags, or
-    span logits), and the mean loss where the features carry labels (from the same forward pass)."""
+    """Decoded outputs over a file's features in order (class ids and probabilities, word tags,
+    span logits, generated ids), and the mean loss where the features carry labels (from the same
+    forward pass). A spec that generates (`length_sorted`) runs its inputs in order of length,
+    which pads less and lets a batch's inputs finish together, and gets its outputs back in
+    file order."""
     from lmforge.tasks.batches import eval_batches
     from lmforge.train.trainer import to_device
 
     was_training = model.training
     model.eval()
+    features, order = data.features, None
+    if getattr(spec, "length_sorted", False):
+        order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
+        features = [features[i] for i in order]
     out: dict[str, list] = {}
     loss_sum, loss_n = 0.0, 0
-    for batch in eval_batches(data.features, batch_size, pad_id):
+    for batch in eval_batches(features, batch_size, pad_id):
         batch = to_device(batch, device)
         outputs = model(batch)
         if spec.label_key in batch:
@@ -282,6 +348,8 @@ def run_predictions(
             fill = -1 if parts[0].dtype.kind in "iu" else -1e4
             parts = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts]
         result[k] = np.concatenate(parts)
+        if order is not None:
+            result[k] = result[k][np.argsort(order)]
     result["loss"] = loss_sum / loss_n if loss_n else None
     return result
 
@@ -345,7 +413,9 @@ def run_finetuning(
             run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
         )
         torch.manual_seed(tcfg.seed)
-        backbone, tokenizer, _ = load_backbone(cfg.model, from_scratch=cfg.from_scratch)
+        backbone, tokenizer, _ = load_backbone(
+            cfg.model, from_scratch=cfg.from_scratch, architecture=cfg.architecture, tokenizer=cfg.tokenizer
+        )
         if resume:
             check_run_tokenizer(run_dir, tokenizer, str(cfg.model))
         specials = specials_of(tokenizer, backbone.arch)
@@ -354,14 +424,15 @@ def run_finetuning(
             raise LmforgeError(f"max_len={max_len} exceeds the backbone's max_len={backbone.config.max_len}")
         train, dev, labels = _training_data(spec, cfg, run_dir, tokenizer, specials, max_len, resume=resume)
         batches = TaskBatches(
-            train.features, tcfg.batch_size, specials.pad, seed=tcfg.seed, group_by_length=cfg.group_by_length
-        )
+            train.features, tcfg.batch_size, specials.pad, seed=tcfg.seed, group_by_length=cfg.group_by_length,
+            max_tokens=cfg.max_tokens,
+        )  # fmt: skip
         per_epoch = math.ceil(batches.steps_per_epoch / tcfg.grad_accum)
         tcfg = cfg.train = _schedule(tcfg, cfg, per_epoch, explicit_train)
         objective = task_objective(cfg.task, spec, spec.default_metric if dev else "loss", scored=bool(dev))
         key = spec.class_weight_key(cfg)
         weights = compute_class_weights(cfg.class_weights, train.features, len(labels), key) if key else None
-        model = build_task_model(cfg, backbone, labels, weights)
+        model = build_task_model(cfg, backbone, labels, weights, tokenizer)
         frozen = apply_freezing(model, cfg.freeze)
         if info.is_main:
             write_task_run(run_dir, cfg, backbone.config, tokenizer, labels)
@@ -381,7 +452,7 @@ def run_finetuning(
         if info.is_main:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(
-                f"finetune {cfg.task}: {backbone.arch} backbone from {cfg.model}"
+                f"finetune {cfg.task}: {backbone.arch} backbone from {cfg.model or cfg.tokenizer}"
                 f"{' (fresh weights)' if cfg.from_scratch else ''}, {spec.describe_labels(labels)}, "
                 f"{len(train.features):,} training inputs, {tcfg.max_steps} steps ({per_epoch}/epoch); "
                 f"{trainable / 1e6:.2f}M trainable parameters{f', {frozen} tensors frozen' if frozen else ''}; "
@@ -416,9 +487,10 @@ def _warn_if_at_chance(chance: dict[str, tuple[float, str]], result: Any) -> Non
 
 def _check_request(cfg: FinetuneConfig) -> None:
     """A fine-tuning run needs a model to start from and a training file."""
-    if not cfg.model:
+    if not cfg.model and not cfg.from_scratch:
         raise LmforgeError(
-            "--model is required: the pretrained run directory (or HF model directory) to start from"
+            "--model is required: the pretrained run directory (or HF model directory) to start from "
+            "(or --from_scratch true with --tokenizer, for a new model)"
         )
     if not cfg.train_file:
         raise LmforgeError("--train is required: the labelled training file")
@@ -550,16 +622,26 @@ def load_task(
     cfg = from_dict(FinetuneConfig, {**data["task"], "train": data.get("train", {})})
     labels = LabelMap.load(run_dir / "labels.json")
     backbone = Backbone(build_model(from_dict(ModelConfig, data["model"], prefix="model.")))
-    model = build_task_model(cfg, backbone, labels, None)
+    tokenizer = load_run_tokenizer(run_dir)
+    model = build_task_model(cfg, backbone, labels, None, tokenizer)
     weights = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights.is_file():
         raise LmforgeError(f"{weights}: no weights yet; the run has not reached its first checkpoint")
     load_weights(model, weights)
     dev = torch.device(device)
-    return TaskRun(model.to(dev).eval(), load_run_tokenizer(run_dir), labels, cfg, run_dir, dev)
+    return TaskRun(model.to(dev).eval(), tokenizer, labels, cfg, run_dir, dev)
 
 
 # ------------------------------------------------------------------------------------------- predict / evaluate
+
+
+def _check_input(path: Path) -> None:
+    """A file to read must exist; parallel text may be two files, `SRC,TGT`."""
+    from lmforge.tasks.parallel import parallel_files
+
+    for f in parallel_files(path) if not path.is_file() else [path]:
+        if not f.is_file():
+            raise LmforgeError(f"{f}: input file not found")
 
 
 def _input_data(task: TaskRun, path: Path, *, need_gold: bool = False) -> tuple[TaskData, bool]:
@@ -568,8 +650,7 @@ def _input_data(task: TaskRun, path: Path, *, need_gold: bool = False) -> tuple[
     Each task reads what its spec's `read_for_prediction` accepts: the training format with or
     without the labels, and plain text where the task has a natural one-input-per-line form.
     """
-    if not path.is_file():
-        raise LmforgeError(f"{path}: input file not found")
+    _check_input(path)
     cfg = task.config
     spec = task_spec(cfg.task)
     examples, gold = spec.read_for_prediction(cfg, path)
@@ -640,3 +721,57 @@ def evaluate_task(run: str | Path | TaskRun, data: str | Path, *, batch_size: in
     atomic_write_text(base.with_suffix(".txt"), scored["report_text"])
     out["report_text"] = scored["report_text"]
     return out
+
+
+# ------------------------------------------------------------------------------------------- translate
+
+
+def translate(
+    run: str | Path | TaskRun, input: str | Path | list[str], output: str | Path | None = None, *,
+    beam: int | None = None, length_penalty: float | None = None, max_new_tokens: int | None = None,
+    no_repeat_ngram: int | None = None, batch_size: int = 64, device: str = "cpu",
+) -> list[str]:  # fmt: skip
+    """Translate (or summarise) with a seq2seq run: texts, or a file of one source per line (or a
+    parallel file, whose targets are ignored), into one output per input; the Python twin of
+    `lmforge translate`. Options left as None keep the run's decoding settings; `output` gets
+    one line per input (blank for a blank input line)."""
+    import dataclasses
+
+    from lmforge.tasks.parallel import Pair
+    from lmforge.utils.io import atomic_write_text
+
+    task = run if isinstance(run, TaskRun) else load_task(run, device=device)
+    cfg = task.config
+    if cfg.task != "seq2seq":
+        raise LmforgeError(
+            f"{task.run_dir} is a {cfg.task} run, which does not generate text; use lmforge predict for it "
+            "(lmforge generate continues a language model's text)"
+        )
+    changes = {"beam": beam, "length_penalty": length_penalty, "max_new_tokens": max_new_tokens,
+               "no_repeat_ngram": no_repeat_ngram}  # fmt: skip
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    spec = task_spec("seq2seq")
+    head = task.model
+    original = (head.beam, head.max_new_tokens)
+    probe = spec.build_head(cfg, head.backbone, task.labels, None, task.tokenizer)
+    head.beam, head.max_new_tokens = probe.beam, probe.max_new_tokens
+    try:
+        if isinstance(input, list):
+            examples: list[Any] = [Pair(str(t).strip(), "", i) for i, t in enumerate(input, 1)]
+            path = Path("<texts>")
+        else:
+            path = Path(input)
+            _check_input(path)
+            examples, _ = spec.read_for_prediction(cfg, path)
+        max_len = cfg.max_len or task.model.config.max_len
+        specials = specials_of(task.tokenizer, "encoder-decoder")
+        data = spec.featurize(
+            cfg, path, examples, task.tokenizer, specials, task.labels, max_len, with_labels=False
+        )
+        outputs = run_predictions(head, data, batch_size, task.pad_id, task.device, spec)
+    finally:
+        head.beam, head.max_new_tokens = original
+    hyps = spec.write_predictions(cfg, data, outputs, task.labels, None, False)
+    if output is not None:
+        atomic_write_text(output, "".join(h.replace("\n", " ") + "\n" for h in hyps))
+    return hyps

@@ -14,6 +14,8 @@ from lmforge.tasks.spec import TaskSpec
 QA_ONLY = {"doc_stride", "max_query_len", "max_answer_len", "n_best"}
 NER_ONLY = {"token_column", "tag_column", "scheme", "crf", "label_all_pieces"}
 CLASSIFY_ONLY = {"text_column", "text_pair_column", "label_column", "pooling"}
+SEQ2SEQ_ONLY = {"src_field", "tgt_field", "label_smoothing", "beam", "length_penalty", "max_new_tokens",
+                "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize"}  # fmt: skip
 
 
 def test_every_spec_has_every_member_of_the_protocol():
@@ -28,9 +30,10 @@ def test_options_are_config_fields_and_each_task_is_offered_only_its_own():
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     for spec in TASKS.values():
         assert set(spec.options) <= fields
-    assert set(options_of_other_tasks("classify")) == QA_ONLY | NER_ONLY
-    assert set(options_of_other_tasks("ner")) == QA_ONLY | CLASSIFY_ONLY
-    assert set(options_of_other_tasks("qa")) == NER_ONLY | CLASSIFY_ONLY | {"class_weights"}
+    assert set(options_of_other_tasks("classify")) == QA_ONLY | NER_ONLY | SEQ2SEQ_ONLY
+    assert set(options_of_other_tasks("ner")) == QA_ONLY | CLASSIFY_ONLY | SEQ2SEQ_ONLY
+    assert set(options_of_other_tasks("qa")) == NER_ONLY | CLASSIFY_ONLY | SEQ2SEQ_ONLY | {"class_weights"}
+    assert set(options_of_other_tasks("seq2seq")) == QA_ONLY | NER_ONLY | CLASSIFY_ONLY | {"class_weights"}
 
 
 def test_default_metrics():
@@ -38,12 +41,13 @@ def test_default_metrics():
         "classify": "accuracy",
         "ner": "f1",
         "qa": "f1",
+        "seq2seq": "bleu",
     }
 
 
 def test_an_unknown_task_is_a_config_error_listing_the_known_ones():
     with pytest.raises(
-        LmforgeError, match=r"config key 'task' is 'summarize'; choose one of classify, ner, qa"
+        LmforgeError, match=r"config key 'task' is 'summarize'; choose one of classify, ner, qa, seq2seq"
     ):
         task_spec("summarize")
     with pytest.raises(LmforgeError, match="config key 'task' is 'summarize'"):

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from lmforge.cli.data import add_prepare, add_tokenizer
-from lmforge.cli.evaluation import add_compare, add_eval, add_evaluate, add_predict
+from lmforge.cli.evaluation import add_compare, add_eval, add_evaluate, add_predict, add_translate
 from lmforge.cli.inference import add_fill_mask, add_generate
 from lmforge.cli.ngram import add_ngram
 from lmforge.cli.runs import add_export, add_import, add_info
@@ -46,6 +46,10 @@ EPILOG = """examples:
   lmforge finetune ner --model runs/bert --train conll/train.txt --dev conll/valid.txt --crf true --out runs/ner
   lmforge predict runs/sst2 --input new.tsv --output predictions.jsonl
   lmforge evaluate runs/ner --data conll/test.txt
+  lmforge finetune seq2seq --config configs/mt-tiny.yaml --tokenizer tok.json --train train.en,train.de \
+        --dev val.en,val.de --out runs/mt
+  lmforge translate runs/mt --input test.en --output hyp.de --beam 5
+  lmforge evaluate runs/mt --src test.en --ref test.de                          # sacreBLEU BLEU, chrF, ROUGE
   lmforge ngram train --data train.txt --order 5 --smoothing modified-kneser-ney --out lm5.arpa
   lmforge ngram eval lm5.arpa --data test.txt
   lmforge compare --data test.txt lm5.arpa runs/lstm runs/gpt --plot compare.png   # per-word ppl, bits/byte
@@ -56,7 +60,8 @@ EPILOG = """examples:
 # The order of `lmforge --help`: the pipeline from text to a trained model, then what uses one.
 COMMANDS = (
     add_tokenizer, add_prepare, add_pretrain, add_eval, add_compare, add_scaling, add_generate, add_fill_mask,
-    add_info, add_export, add_import, add_split, add_finetune, add_predict, add_evaluate, add_ngram,
+    add_info, add_export, add_import, add_split, add_finetune, add_predict, add_translate, add_evaluate,
+    add_ngram,
 )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from lmforge.cli.flags import (
     read_options,
 )
 from lmforge.cli.output import emit, format_fields
+from lmforge.errors import LmforgeError
 from lmforge.eval import TXT_UNIT
 
 
@@ -56,13 +57,23 @@ def add_eval(new: NewCommand) -> None:
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> None:
+    if (ns.src is None) != (ns.ref is None):
+        raise LmforgeError("--src and --ref go together: the sources and their reference translations")
+    if ns.src is not None:
+        if ns.data is not None:
+            raise LmforgeError("give --data or --src/--ref, not both")
+        ns.data = f"{ns.src},{ns.ref}"
+    if ns.data is None:
+        raise LmforgeError("--data is required (or --src and --ref for a seq2seq run)")
     emit_scores(ns, lmforge.evaluate(ns.run, ns.data, batch_size=ns.batch_size, device=ns.device))
 
 
 def add_evaluate(new: NewCommand) -> None:
     p = new("evaluate", "score a fine-tuned task run on a labelled file with the task's metrics")
     p.add_argument("run", help="fine-tuned task run directory")
-    p.add_argument("--data", required=True, help="labelled file in the task's format")
+    p.add_argument("--data", help="labelled file in the task's format")
+    p.add_argument("--src", help="seq2seq: the source file, one text per line (with --ref)")
+    p.add_argument("--ref", help="seq2seq: the reference file, line-aligned with --src")
     add_batch_size_flag(p, 64, "inputs")
     add_device_flag(p)
     add_json_flag(p)
@@ -87,6 +98,42 @@ def add_predict(new: NewCommand) -> None:
     add_device_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
+
+
+def cmd_translate(ns: argparse.Namespace) -> None:
+    import sys
+
+    options = {k: getattr(ns, k) for k in ("beam", "length_penalty", "max_new_tokens", "no_repeat_ngram")}
+    source: str | list[str] = ns.input
+    if ns.input == "-":
+        source = sys.stdin.read().splitlines()
+    hyps = lmforge.translate(ns.run, source, ns.output, batch_size=ns.batch_size, device=ns.device, **options)
+    if ns.output is None:
+        if ns.json:
+            emit({"outputs": hyps}, True, "")
+        else:
+            sys.stdout.write("".join(h + "\n" for h in hyps))
+        return
+    emit({"output": ns.output, "examples": len(hyps)}, ns.json, f"wrote {ns.output} ({len(hyps):,} lines)")
+
+
+def add_translate(new: NewCommand) -> None:
+    p = new("translate", "translate or summarise with a seq2seq run: one output line per input line")
+    p.add_argument("run", help="seq2seq run directory (lmforge finetune seq2seq)")
+    p.add_argument("--input", default="-", help="one source text per line (default -: standard input)")
+    p.add_argument("--output", help="where to write the outputs (default: standard output)")
+    p.add_argument("--beam", type=int, help="beam size, 1 = greedy (default: the run's)")
+    p.add_argument(
+        "--length_penalty", type=float, help="beam scores are log p / length^this (default: the run's)"
+    )
+    p.add_argument(
+        "--max_new_tokens", type=int, help="longest output; 0 = 2 x source + 10 (default: the run's)"
+    )
+    p.add_argument("--no_repeat_ngram", type=int, help="no n-gram of this size twice (default: the run's)")
+    add_batch_size_flag(p, 64, "inputs")
+    add_device_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_translate)
 
 
 def cmd_compare(ns: argparse.Namespace) -> None:

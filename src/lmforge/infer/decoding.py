@@ -5,12 +5,11 @@
     logits = session.step(next_ids)                # (B,) one token per row -> (B, V)
     session.reorder(index)                         # (B',) rows to keep, drop or duplicate (beams)
 
-Sampling (`lmforge.infer.generate`) drives it today; beam search, chat and a server's scheduler
-over decoder-only models need nothing more. A session owns its model's decoding memory: the KV
-cache of a Transformer (`TransformerSession`), the carried state of a recurrent or n-gram
-baseline (`RecurrentSession`). An encoder-decoder's session will take the encoder's output (and
-its padding mask, which `reorder` must then carry along) at `prefill`, and fill the cache's cross
-entries from it once (`KVCache.set_cross`).
+Sampling (`lmforge.infer.generate`) and beam search (`lmforge.infer.beam`) drive it, whatever
+the model. A session owns its model's decoding memory: the KV cache of a Transformer decoder
+(`TransformerSession`), the carried state of a recurrent baseline (`RecurrentSession`), or an
+encoder-decoder's decoder cache over its encoded source (`Seq2SeqSession`: the source is given
+when the session opens, and its prompts are the decoder's start tokens).
 
 Prompts of different lengths are left-padded into one (B, T) batch (`left_pad`), so that every
 row's newest token sits in the last column and one step serves all rows. The mask says which
@@ -150,11 +149,60 @@ class RecurrentSession(DecodeSession):
         self.cache.batch_size = index.numel()
 
 
-def open_session(model: Any, batch_size: int, max_len: int) -> DecodeSession:
+class Seq2SeqSession(DecodeSession):
+    """An encoder-decoder's session: the source ids (B, S) and their padding mask, encoded once per
+    prefill into the cache's cross entries, and the decoder's `KVCache`.
+
+    The decoder's prompts are its start tokens (plus any forced prefix), never padded; the source's
+    padding mask goes to every cross-attention and is reordered with the cache, as the source is
+    (a later prefill, when the target outgrows the cache, encodes it again).
+    """
+
+    def __init__(self, model: Any, batch_size: int, max_len: int, source: Source):
+        src, src_mask = source
+        if src.size(0) != batch_size:
+            raise ValueError(f"the source has {src.size(0)} rows for a batch of {batch_size}")
+        self.model = model
+        self.cache = model.new_cache(batch_size, max_len=max_len)
+        self.src = src
+        self.src_mask = None if src_mask is None else src_mask.to(device=src.device, dtype=torch.bool)
+
+    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("an encoder-decoder's decoder prompts are not padded")
+        self.cache.reset()
+        memory = self.model.encode(self.src, self.src_mask)
+        h = self.model.decode(ids, memory, self.src_mask, cache=self.cache)[:, -1:]
+        return self.model.lm_head(h)[:, -1]
+
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        h = self.model.decode(next_ids[:, None], None, self.src_mask, cache=self.cache)
+        return self.model.lm_head(h)[:, -1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)
+        index = index.to(self.src.device)
+        self.src = self.src.index_select(0, index)
+        if self.src_mask is not None:
+            self.src_mask = self.src_mask.index_select(0, index)
+
+
+Source = tuple[torch.Tensor, torch.Tensor | None]
+"""An encoder-decoder's input: source ids (B, S) and their padding mask (B, S) (True = real), or None."""
+
+
+def open_session(model: Any, batch_size: int, max_len: int, source: Source | None = None) -> DecodeSession:
     """The session that decodes with `model` (eager, in eval mode) for `batch_size` rows of up to
-    `max_len` positions."""
-    if model.config.arch in BASELINE_ARCHS:
+    `max_len` positions; an encoder-decoder needs the `source` it translates."""
+    arch = model.config.arch
+    if arch in BASELINE_ARCHS:
         return RecurrentSession(model, batch_size, max_len)
+    if arch == "encoder-decoder":
+        if source is None:
+            raise ValueError("an encoder-decoder decodes from a source: pass source=(ids, mask)")
+        return Seq2SeqSession(model, batch_size, max_len, source)
+    if source is not None:
+        raise ValueError(f"a {arch} model reads no source; put the text in the prompt")
     return TransformerSession(model, batch_size, max_len)
 
 
@@ -170,4 +218,12 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-__all__ = ["DecodeSession", "RecurrentSession", "TransformerSession", "left_pad", "open_session"]
+__all__ = [
+    "DecodeSession",
+    "RecurrentSession",
+    "Seq2SeqSession",
+    "Source",
+    "TransformerSession",
+    "left_pad",
+    "open_session",
+]

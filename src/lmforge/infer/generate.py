@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.infer.decoding import DecodeSession, left_pad, open_session
+from lmforge.infer.decoding import DecodeSession, Source, left_pad, open_session
 
 # Tokens of the prompt decoded together with the new ones, so that tokenizers whose decoding of a
 # token depends on its left neighbour (e.g. sentencepiece's leading-space marker) print correctly.
@@ -127,6 +127,9 @@ class Generation:
     Prompts of different lengths come left-padded with an `attention_mask` (`left_pad`). When the
     text outgrows the cache (model.max_len at most), the oldest tokens slide out of the window: the
     session is prefilled again with the last max_len-1 columns, which leaves room for the next one.
+
+    An encoder-decoder generates from a `source` (ids (B, S) and their padding mask); its prompt
+    ids are the decoder's start tokens (B, 1).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Generation:
         eos_id: int | None = None,
         attention_mask: torch.Tensor | None = None,
         pad_id: int | None = None,
+        source: Source | None = None,
     ):
         if prompt_ids.dim() != 2 or prompt_ids.size(1) == 0:
             raise LmforgeError(
@@ -159,6 +163,11 @@ class Generation:
         )
         self.done = torch.zeros(self.ids.size(0), dtype=torch.bool, device=self.device)
         self._may_end = eos_id is not None
+        self.source = (
+            None
+            if source is None
+            else (source[0].to(self.device), None if source[1] is None else source[1].to(self.device))
+        )
 
     def finish(self, rows: torch.Tensor) -> None:
         """Mark rows (a (B,) bool mask or row indices) as finished from the next step on."""
@@ -182,7 +191,8 @@ class Generation:
         model.eval()
         try:
             # Only as much cache as this call can use: the whole model.max_len may be huge.
-            session = open_session(model, B, min(model.config.max_len, T + gen.max_new_tokens))
+            max_len = min(model.config.max_len, T + gen.max_new_tokens)
+            session = open_session(model, B, max_len, source=self.source)
             logits = self._prefill(session, min(T, session.max_len))
             for step in range(gen.max_new_tokens):
                 next_ids = sample_next(logits, self._history(), gen, rng)  # (B,)

@@ -25,14 +25,18 @@ class Backbone(nn.Module):
         super().__init__()
         self.model = model
         self.config: ModelConfig = model.config
-        if self.config.arch not in ("encoder", "decoder"):
+        if self.config.arch not in ("encoder", "decoder", "encoder-decoder"):
             raise LmforgeError(
                 f"model.arch={self.config.arch} cannot be fine-tuned on these tasks; "
-                "use an encoder (BERT-like) or decoder (GPT-like) run"
+                "use an encoder (BERT-like), decoder (GPT-like) or encoder-decoder run"
             )
         self.arch = self.config.arch
         self.hidden_size = self.config.d_model
-        self.n_layer = self.config.n_layer
+        # An encoder-decoder's blocks count upwards through the encoder, then the decoder.
+        seq2seq = self.arch == "encoder-decoder"
+        self.n_layer = self.config.n_layer + (self.config.dec_layers if seq2seq else 0)
+        if seq2seq:
+            return  # its output projection is what it is trained through
         # The language-modelling heads are not used by a task: frozen, so that the optimizer and
         # DDP leave them alone (an encoder's pooler stays trainable: classification may use it).
         for name, p in model.named_parameters():
@@ -62,6 +66,10 @@ class Backbone(nn.Module):
                 attention_mask=attention_mask,
                 token_index=token_index,
             )
+        if self.arch == "encoder-decoder":
+            raise LmforgeError(
+                "an encoder-decoder reads a source and a target; fine-tune it with lmforge finetune seq2seq"
+            )
         return self.model.hidden_states(input_ids)  # causal: right padding never reaches real tokens
 
     def pool(
@@ -87,7 +95,17 @@ class Backbone(nn.Module):
         raise LmforgeError(f"pooling={mode!r} is not one of cls, first, last, mean")
 
     def layer_of(self, name: str) -> int:
-        """Depth of a backbone parameter: 0 = embeddings, 1..n_layer = blocks, n_layer + 1 = above them."""
+        """Depth of a backbone parameter: 0 = embeddings, 1..n_layer = blocks, n_layer + 1 = above them.
+
+        An encoder-decoder's encoder blocks come first, then the decoder's; both embeddings are 0.
+        """
+        half = re.match(r"(encoder|decoder)\.(.*)", name)
+        if half:
+            offset = self.config.n_layer if half.group(1) == "decoder" else 0
+            if half.group(2).startswith("norm_f"):
+                return offset + (self.config.n_layer if offset == 0 else self.config.dec_layers)
+            depth = self.layer_of(half.group(2))
+            return depth + offset if 0 < depth <= self.n_layer else min(depth, self.n_layer + 1)
         m = re.match(r"blocks\.(\d+)\.", name)
         if m:
             return int(m.group(1)) + 1

@@ -21,13 +21,16 @@ def _h(text: str):
 
 @dataclass
 class ModelConfig:
-    # decoder = GPT (causal LM); encoder = BERT (bidirectional, for masked-LM objectives); the classic
+    # decoder = GPT (causal LM); encoder = BERT (bidirectional, for masked-LM objectives);
+    # encoder-decoder = the original Transformer (translation, summarisation, T5/BART); the classic
     # baselines (lmforge.models.rnn): lstm / gru = recurrent LM (Zaremba et al.), nnlm = feed-forward LM
     # (Bengio et al.); for these d_model is the embedding size, n_layer the stacked LSTM/GRU layers.
     arch: Arch = "decoder"
     # Vocabulary size; 0 means "take it from the tokenizer" (padded up to a multiple of 64 for speed).
     vocab_size: int = 0
-    n_layer: int = 6  # Transformer blocks (stacked LSTM/GRU layers for those baselines)
+    n_layer: int = 6  # Transformer blocks (the encoder's in an encoder-decoder; LSTM/GRU layers)
+    # encoder-decoder: the decoder's blocks; None means n_layer (the paper's 6 + 6).
+    n_dec_layer: int | None = None
     n_head: int = 6  # attention heads (d_model must divide evenly)
     # Key/value heads for grouped-query attention; None means n_head (plain multi-head attention).
     n_kv_head: int | None = None
@@ -48,6 +51,12 @@ class ModelConfig:
     bias: bool = True
     # Share the input embedding with the output projection (saves vocab*d_model parameters).
     tie_embeddings: bool = True
+    # encoder-decoder: one token embedding for source and target (a joint vocabulary); with
+    # tie_embeddings too, the three matrices are one (Press & Wolf; the paper's base model).
+    share_embeddings: bool = True
+    # Multiply token embeddings by sqrt(d_model) before adding positions (Vaswani et al., Marian,
+    # fairseq), which keeps them from being swamped by sinusoidal positions of amplitude 1.
+    scale_embeddings: bool = False
     dropout: float = 0.0  # 0 for pretraining on plenty of data; 0.1-0.2 on small corpora
     # Segment (token type) embeddings of encoders: 2 for BERT's sentence A/B; 0 = none.
     type_vocab_size: int = 2
@@ -83,6 +92,8 @@ class ModelConfig:
             raise ValueError(f"nnlm_context must be positive, got {self.nnlm_context}")
         if self.emb_dropout is not None and not 0.0 <= self.emb_dropout < 1.0:
             raise ValueError(f"emb_dropout must be in [0, 1), got {self.emb_dropout}")
+        if self.n_dec_layer is not None and self.n_dec_layer <= 0:
+            raise ValueError(f"n_dec_layer must be positive (or null for n_layer), got {self.n_dec_layer}")
         for name in ("n_layer", "n_head", "d_model", "max_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -94,6 +105,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def dec_layers(self) -> int:
+        """The decoder's blocks of an encoder-decoder."""
+        return self.n_dec_layer or self.n_layer
 
     @property
     def kv_heads(self) -> int:

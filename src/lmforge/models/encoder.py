@@ -74,23 +74,12 @@ class Encoder(TransformerStack):
     ) -> torch.Tensor:
         """idx (B, T) -> final hidden states (B, T, d_model) (zeros at padded positions).
 
-        `attention_mask` (B, T), True/1 for real tokens and False/0 for padding, keeps every query
-        from attending to padding; None means no padding. With padding, everything but the
-        attention itself runs on the real tokens only (gathered into (N, d_model)), so a batch
-        that is 30% padding costs about 30% less; `token_index`, the flat indices of the real
-        tokens, may be passed in precomputed (the data loader knows them) to spare a device sync.
+        `attention_mask` (B, T), True/1 for real tokens, masks padding (None: none); the per-token
+        layers then skip the padding (see `TransformerStack.run_padded`, which `token_index`, the
+        flat indices of the real tokens, spares a device sync).
         """
-        B, T = idx.shape
         x = self.embed(idx, token_type_ids)
-        rope = self.rotary(T)
-        if attention_mask is None:
-            return self.run_blocks(x, rope=rope)
-        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
-        if token_index is None:
-            token_index = attention_mask.reshape(-1).nonzero().squeeze(1)
-        x = x.reshape(B * T, -1).index_select(0, token_index)  # (N, d_model): the real tokens
-        x = self.run_blocks(x, rope=rope, attn_mask=mask, unpad=(token_index, B, T))
-        return x.new_zeros(B * T, x.size(-1)).index_copy(0, token_index, x).view(B, T, -1)
+        return self.run_padded(x, attention_mask, token_index=token_index, rope=self.rotary(idx.size(1)))
 
     # ------------------------------------------------------------ heads
 

@@ -33,8 +33,10 @@ def linear_cross_entropy(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     chunk_rows: int | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """`F.cross_entropy(x @ weight.T + bias, targets)` without ever holding the (N, vocab) logits.
+    """`F.cross_entropy(x @ weight.T + bias, targets, label_smoothing=...)` without ever holding the
+    (N, vocab) logits.
 
     x (N, d) are the final hidden states, weight (vocab, d) the LM head, targets (N,) token ids;
     the result is the mean over targets != ignore_index, like `F.cross_entropy`'s. With a
@@ -46,12 +48,17 @@ def linear_cross_entropy(
     gradients of x and weight. The backward pass only rescales those: no logits are stored.
 
     Softmax statistics are taken in float32 whatever the precision; under autocast the matmuls run
-    in the autocast dtype, as `lm_head` would.
+    in the autocast dtype, as `lm_head` would. `label_smoothing` ε trains towards (1 - ε) on the
+    target and ε/vocab on every token (Szegedy et al.; PyTorch's definition), as translation does.
     """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if torch.is_grad_enabled() and needs_grad:
-        return _LinearCrossEntropy.apply(x, weight, bias, targets, ignore_index, chunk_rows)
-    return _linear_cross_entropy(x, weight, bias, targets, ignore_index, chunk_rows, with_grads=False)[0]
+        return _LinearCrossEntropy.apply(x, weight, bias, targets, ignore_index, chunk_rows, label_smoothing)
+    return _linear_cross_entropy(
+        x, weight, bias, targets, ignore_index, chunk_rows, label_smoothing, with_grads=False
+    )[0]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -66,9 +73,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         ignore_index: int,
         chunk_rows: int | None,
+        label_smoothing: float,
     ) -> torch.Tensor:
         loss, count, grad_x, grad_w, grad_b = _linear_cross_entropy(
-            x, weight, bias, targets, ignore_index, chunk_rows, with_grads=True
+            x, weight, bias, targets, ignore_index, chunk_rows, label_smoothing, with_grads=True
         )
         ctx.save_for_backward(grad_x, grad_w, grad_b, count)
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
@@ -81,7 +89,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         scale = grad_loss.float() / count  # the mean's 1/count, applied here (see below)
         grad_bias = (grad_b * scale).to(b_dtype) if b_dtype is not None else None
-        return (grad_x * scale).to(x_dtype), (grad_w * scale).to(w_dtype), grad_bias, None, None, None
+        return (grad_x * scale).to(x_dtype), (grad_w * scale).to(w_dtype), grad_bias, None, None, None, None
 
 
 def _linear_cross_entropy(
@@ -91,6 +99,7 @@ def _linear_cross_entropy(
     targets: torch.Tensor,
     ignore_index: int,
     chunk_rows: int | None,
+    label_smoothing: float = 0.0,
     *,
     with_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -127,14 +136,21 @@ def _linear_cross_entropy(
         if b is not None:
             logits += b
         # loss = logsumexp(logits) - logits[target]; one exp pass serves both it and the softmax.
+        # Smoothed: logsumexp - (1 - eps) * logits[target] - eps * mean(logits).
         target_logit = logits.gather(1, targets[rows])
+        if label_smoothing:
+            target_logit = (1 - label_smoothing) * target_logit + label_smoothing * logits.mean(
+                1, keepdim=True
+            )
         peak = logits.amax(1, keepdim=True)
         exp_sum = logits.sub_(peak).exp_().sum(1, keepdim=True)  # logits now hold exp(logits - peak)
         loss_sum += ((exp_sum.log() + peak - target_logit) * counted[rows]).sum()
         if with_grads:
-            # d loss / d logits = softmax - one_hot(target), zero on ignored rows.
+            # d loss / d logits = softmax - target distribution, zero on ignored rows.
             grad = logits.mul_(counted[rows] / exp_sum)
-            grad = grad.scatter_add_(1, targets[rows], -counted[rows])
+            if label_smoothing:
+                grad.sub_(counted[rows] * (label_smoothing / grad.size(1)))
+            grad = grad.scatter_add_(1, targets[rows], -(1 - label_smoothing) * counted[rows])
             if grad_b is not None:
                 grad_b += grad.sum(0)
             grad = grad.to(dtype)

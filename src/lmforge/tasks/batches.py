@@ -1,7 +1,9 @@
 """Batches of task features: shuffled per epoch, padded per batch, resumable at any step.
 
 The order of epoch e is a permutation drawn from (seed, e), so the position (epoch, index) is the
-whole state: a resumed run sees exactly the batches an uninterrupted one would have seen.
+whole state: a resumed run sees exactly the batches an uninterrupted one would have seen. Batches
+hold `batch_size` examples, or with a token budget (`max_tokens`, as translation trains) as many
+examples of similar length as fit in it, padding counted.
 Padding goes only to the longest example of the batch; with an encoder the padded positions
 cost almost nothing anyway (it runs its per-token layers on the real tokens only).
 """
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.models.heads import IGNORE
 
 # Padding value per variable-length field; fields not listed are fixed-size per example.
@@ -23,6 +26,7 @@ PAD_VALUES = {
     "piece_labels": IGNORE,
     "word_pos": 0,
     "word_labels": IGNORE,
+    "target_ids": IGNORE,  # an encoder-decoder's targets (the decoder's inputs are these shifted)
 }
 
 
@@ -74,16 +78,51 @@ class TaskBatches:
         *,
         seed: int = 0,
         group_by_length: bool = False,
+        max_tokens: int = 0,
     ) -> None:
         if not features:
             raise ValueError("no training examples")
         self.features, self.batch_size, self.pad_id, self.seed = features, batch_size, pad_id, seed
-        self.group_by_length = group_by_length
-        self._lengths = np.asarray([len(f["input_ids"]) for f in features])
-        # The Trainer reports tokens/s from batch_size * seq_len: use the mean real length.
-        self.seq_len = max(1, round(float(self._lengths.mean())))
+        self.group_by_length, self.max_tokens = group_by_length, max_tokens
+        # An example's padded cost: its longest variable-length field (an encoder-decoder's source
+        # or target, whichever is longer, as fairseq counts it).
+        keys = [k for k in PAD_VALUES if k in features[0]]
+        self._lengths = np.asarray([max(len(f[k]) for k in keys) for f in features])
+        if max_tokens and int(self._lengths.max()) > max_tokens:
+            raise LmforgeError(
+                f"--max_tokens={max_tokens} is less than the longest example ({int(self._lengths.max())} "
+                "tokens); raise max_tokens or lower max_len"
+            )
         self.epoch, self.index = 0, 0
-        self._order = self._permutation(0)
+        self._order, self._starts = self._plan(0)
+        # The Trainer reports tokens/s from batch_size * seq_len: the mean real length, and with a
+        # token budget the mean number of examples per batch.
+        self.seq_len = max(1, round(float(self._lengths.mean())))
+        if max_tokens:
+            self.batch_size = max(1, round(len(features) / len(self._starts)))
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's example order, and where each of its batches starts in it."""
+        order = self._permutation(epoch)
+        if not self.max_tokens:
+            return order, np.arange(0, len(order), self.batch_size)
+        return self._budget_batches(epoch, order)
+
+    def _budget_batches(self, epoch: int, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token-budget batches: the shuffled examples sorted by length (ties stay shuffled), cut
+        greedily wherever one more example would take the padded batch over `max_tokens`, and the
+        batches shuffled. Examples of similar length share a batch, so little is padding."""
+        order = order[np.argsort(self._lengths[order], kind="stable")]
+        lengths = self._lengths[order]
+        batches, start = [], 0
+        for i in range(1, len(order) + 1):
+            if i == len(order) or (i - start + 1) * lengths[i] > self.max_tokens:
+                batches.append(order[start:i])
+                start = i
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        starts = np.cumsum([0] + [len(b) for b in batches[:-1]])
+        return np.concatenate(batches), starts
 
     def _permutation(self, epoch: int) -> np.ndarray:
         """The epoch's order: a seeded shuffle, or with group_by_length a shuffle whose windows of
@@ -105,18 +144,20 @@ class TaskBatches:
         """The next batch; an epoch's last partial batch is kept (every example is seen each epoch)."""
         if self.index >= len(self._order):
             self.epoch, self.index = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        take = self._order[self.index : self.index + self.batch_size]
-        self.index += len(take)
+            self._order, self._starts = self._plan(self.epoch)
+        k = int(np.searchsorted(self._starts, self.index, side="right"))  # the batch after `index`
+        end = int(self._starts[k]) if k < len(self._starts) else len(self._order)
+        take = self._order[self.index : end]
+        self.index = end
         return collate([self.features[i] for i in take], self.pad_id)
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-len(self.features) // self.batch_size)
+        return len(self._starts)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": len(self.features),
-                "group_by_length": self.group_by_length}  # fmt: skip
+                "group_by_length": self.group_by_length, "max_tokens": self.max_tokens}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("n") != len(self.features):
@@ -126,8 +167,13 @@ class TaskBatches:
             )
         self.seed = int(state["seed"])
         self.group_by_length = bool(state.get("group_by_length", False))
+        if int(state.get("max_tokens", 0)) != self.max_tokens:
+            raise ValueError(
+                f"the checkpoint batched by max_tokens={state.get('max_tokens', 0)}, this run by "
+                f"{self.max_tokens}; resume with the same --max_tokens"
+            )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._permutation(self.epoch)
+        self._order, self._starts = self._plan(self.epoch)
 
 
 def eval_batches(features: list[dict[str, np.ndarray]], batch_size: int, pad_id: int) -> Iterator[dict]:

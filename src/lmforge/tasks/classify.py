@@ -72,6 +72,7 @@ class ClassifyTask:
     metrics = ("accuracy", "macro_f1")
     options = ("text_column", "text_pair_column", "label_column", "pooling", "class_weights")
     label_key = "label"
+    length_sorted = False
 
     def read(self, cfg: FinetuneConfig, path: Path) -> list[Any]:
         return read_classification(path, **resolve_columns(cfg, path))
@@ -126,8 +127,9 @@ class ClassifyTask:
         return TaskData(path, examples, enc.features, notes=notes)
 
     def build_head(
-        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None
-    ) -> nn.Module:
+        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None,
+        tokenizer: Any,
+    ) -> nn.Module:  # fmt: skip
         pooling = cfg.pooling if cfg.pooling != "auto" else ("cls" if backbone.arch == "encoder" else "last")
         return SequenceClassifier(backbone, len(labels), pooling=pooling, head_dropout=cfg.head_dropout,
                                   class_weights=class_weights)  # fmt: skip

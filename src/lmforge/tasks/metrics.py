@@ -1,8 +1,10 @@
-"""Task metrics: classification (scikit-learn), NER (seqeval) and SQuAD v1.1 EM/F1.
+"""Task metrics: classification (scikit-learn), NER (seqeval), SQuAD v1.1 EM/F1, and for generated
+text sacreBLEU's BLEU and chrF and Google's ROUGE (rouge-score).
 
-Classification and NER delegate to the reference libraries so the numbers match what papers report;
-SQuAD is small enough to implement from its published definition, which keeps the dependency list short.
-scikit-learn and seqeval are imported lazily so the readers work without the `tasks` extra.
+Classification, NER, BLEU and ROUGE delegate to the reference libraries so the numbers match what
+papers report (and BLEU what the `sacrebleu` command prints, signature included); SQuAD is small
+enough to implement from its published definition, which keeps the dependency list short. The
+libraries are imported lazily so the readers work without the `tasks` / `seq2seq` extras.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from lmforge.errors import LmforgeError
 from lmforge.tasks.readers import QAExample
 
 
-def _require(module: str) -> Any:
+def _require(module: str, extra: str = "tasks") -> Any:
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise LmforgeError(f"{module} is needed for task metrics; install lmforge[tasks]") from None
+        raise LmforgeError(f"{module} is needed for task metrics; install lmforge[{extra}]") from None
 
 
 def classification_metrics(
@@ -153,3 +155,92 @@ def squad_metrics(predictions: Mapping[str, str], examples: Iterable[QAExample])
     if n == 0:
         raise LmforgeError("no examples to score")
     return {"exact_match": 100.0 * em_sum / n, "f1": 100.0 * f1_sum / n, "count": n, "missing": missing}
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated text
+
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+
+
+def bleu_tokenizer(references: Sequence[str]) -> str:
+    """sacreBLEU's tokenizer for these references: `zh` when they are mostly Chinese/Japanese/Korean
+    script (BLEU over unsegmented CJK text would count whole sentences as words), else `13a`, the
+    default of the `sacrebleu` command and of WMT."""
+    sample = "".join(references[:200])
+    cjk = len(_CJK.findall(sample))
+    return "zh" if sample and cjk > 0.3 * len(sample.replace(" ", "")) else "13a"
+
+
+def bleu(
+    hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str = "auto", lowercase: bool = False
+) -> dict[str, Any]:
+    """Corpus BLEU (×100) by sacreBLEU, one reference per hypothesis, with its signature.
+
+    Detokenised text in, as the `sacrebleu` command takes it: `sacrebleu ref.txt -i hyp.txt` prints
+    the same score. `lowercase` with the default 13a tokenizer gives the "tokenised, lowercased"
+    BLEU many papers report (`sacrebleu -lc`); it is not comparable to cased BLEU.
+    """
+    if len(hypotheses) != len(references):
+        raise LmforgeError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    if not references:
+        raise LmforgeError("no examples to score")
+    sb = _require("sacrebleu", "seq2seq")
+    tok = bleu_tokenizer(references) if tokenize == "auto" else tokenize
+    metric = sb.metrics.BLEU(tokenize=tok, lowercase=lowercase)
+    result = metric.corpus_score(list(hypotheses), [list(references)])
+    return {
+        "bleu": float(result.score),
+        "signature": str(metric.get_signature()),
+        "precisions": [float(p) for p in result.precisions],
+        "brevity_penalty": float(result.bp),
+        "hyp_len": int(result.sys_len),
+        "ref_len": int(result.ref_len),
+        "text": str(result),
+    }
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus chrF (×100, character n-grams up to 6, beta 2) by sacreBLEU, with its signature."""
+    if len(hypotheses) != len(references):
+        raise LmforgeError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    sb = _require("sacrebleu", "seq2seq")
+    metric = sb.metrics.CHRF()
+    result = metric.corpus_score(list(hypotheses), [list(references)])
+    return {"chrf": float(result.score), "signature": str(metric.get_signature())}
+
+
+class _CJKTokenizer:
+    """rouge-score's default tokenizer keeps only [a-z0-9]: Chinese text would score 0. This one
+    lowercases, splits CJK characters apart (ROUGE on Chinese is computed over characters, as
+    the LCSTS and CSL papers do) and keeps other runs of letters and digits as words."""
+
+    _TOKEN = re.compile(f"{_CJK.pattern}|[^\\W_]+", re.UNICODE)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._TOKEN.findall(text.lower())
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence[str], *, stemmer: bool = True) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F1 (×100) by Google's rouge-score package.
+
+    rougeLsum treats newlines as sentence boundaries (the summary-level LCS of the CNN/DailyMail
+    papers); put one sentence per line to get it, otherwise it equals rougeL. Porter stemming is
+    on, as in those papers. Text with CJK characters is scored over characters (see `_CJKTokenizer`).
+    """
+    if len(hypotheses) != len(references):
+        raise LmforgeError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    if not references:
+        raise LmforgeError("no examples to score")
+    scoring = _require("rouge_score.rouge_scorer", "seq2seq")
+    kinds = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    cjk = bleu_tokenizer(references) == "zh"
+    scorer = scoring.RougeScorer(
+        kinds, use_stemmer=stemmer and not cjk, tokenizer=_CJKTokenizer() if cjk else None
+    )
+    totals = dict.fromkeys(kinds, 0.0)
+    for hyp, ref in zip(hypotheses, references):
+        scores = scorer.score(ref, hyp)
+        for k in kinds:
+            totals[k] += scores[k].fmeasure
+    return {k: 100.0 * v / len(references) for k, v in totals.items()}

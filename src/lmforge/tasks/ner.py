@@ -74,6 +74,7 @@ class NerTask:
     metrics = ("precision", "recall", "f1")
     options = ("token_column", "tag_column", "scheme", "crf", "label_all_pieces", "class_weights")
     label_key = "word_labels"
+    length_sorted = False
 
     def read(self, cfg: FinetuneConfig, path: Path) -> list[Any]:
         return read_conll(path, token_column=cfg.token_column, tag_column=cfg.tag_column, scheme=cfg.scheme)
@@ -121,8 +122,9 @@ class NerTask:
         return TaskData(path, examples, enc.features, notes=notes)
 
     def build_head(
-        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None
-    ) -> nn.Module:
+        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None,
+        tokenizer: Any,
+    ) -> nn.Module:  # fmt: skip
         if class_weights is not None and cfg.crf:
             raise LmforgeError("class_weights applies to the softmax head; drop it with --crf true")
         return TokenClassifier(backbone, labels.names, crf=cfg.crf, head_dropout=cfg.head_dropout,

@@ -41,6 +41,7 @@ class QaTask:
     metrics = ("exact_match", "f1")
     options = ("doc_stride", "max_query_len", "max_answer_len", "n_best")
     label_key = "start_positions"
+    length_sorted = False
 
     def read(self, cfg: FinetuneConfig, path: Path) -> list[Any]:
         return read_squad(path)
@@ -86,8 +87,9 @@ class QaTask:
         return TaskData(path, examples, feats, extra=qa, notes=notes)
 
     def build_head(
-        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None
-    ) -> nn.Module:
+        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None,
+        tokenizer: Any,
+    ) -> nn.Module:  # fmt: skip
         return SpanExtractor(backbone, head_dropout=cfg.head_dropout)
 
     def loss(self, model: nn.Module, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> Any:

@@ -4,13 +4,14 @@ saved config all name a key of `TASKS`. Adding a task is one spec module and one
 from __future__ import annotations
 
 from lmforge.errors import LmforgeError
-from lmforge.tasks import classify, ner, qa
+from lmforge.tasks import classify, ner, qa, seq2seq
 from lmforge.tasks.spec import TaskSpec
 
 TASKS: dict[str, TaskSpec] = {
     "classify": classify.SPEC,
     "ner": ner.SPEC,
     "qa": qa.SPEC,
+    "seq2seq": seq2seq.SPEC,
 }
 
 

@@ -48,6 +48,8 @@ class TaskSpec(Protocol):
     metrics: tuple[str, ...]  # every dev metric `score` reports (train.select_metric must be one, or loss)
     options: tuple[str, ...]  # FinetuneConfig fields this task reads and some other task ignores
     label_key: str  # the batch field that is present exactly when a batch carries gold labels
+    # whether predictions generate (seq2seq): inputs then run in order of length (see run_predictions)
+    length_sorted: bool
 
     def read(self, cfg: FinetuneConfig, path: Path) -> list[Any]:
         """The examples of a labelled file; a bad record is an error naming the file and line."""
@@ -69,9 +71,11 @@ class TaskSpec(Protocol):
         ...
 
     def build_head(
-        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None
-    ) -> nn.Module:
-        """The task model: `backbone` under this task's head (see lmforge.models.heads)."""
+        self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None,
+        tokenizer: Any,
+    ) -> nn.Module:  # fmt: skip
+        """The task model: `backbone` under this task's head (see lmforge.models.heads); `tokenizer`
+        gives the special ids a head frames its outputs with."""
         ...
 
     def loss(self, model: nn.Module, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> Any:

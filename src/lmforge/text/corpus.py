@@ -77,6 +77,9 @@ def _is_hf(item: str | Path) -> bool:
 
 
 def _as_items(spec: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """The items of a spec; a string naming no file is a comma-separated list (`a.en,a.de`)."""
+    if isinstance(spec, str) and "," in spec and not Path(spec).exists() and not _is_hf(spec):
+        return [part for part in spec.split(",") if part]
     if isinstance(spec, (str, Path)):
         return [spec]
     items = list(spec)
@@ -130,7 +133,8 @@ def _resolve_one(item: str | Path) -> list[Path]:
 
 
 def resolve_files(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Expand a corpus spec (file, directory, glob or a list of these) to the files it names.
+    """Expand a corpus spec (file, directory, glob, or a list of these, also comma-separated) to the
+    files it names.
 
     Directories are scanned recursively for .txt/.text/.jsonl/.json-lines/.ndjson/.parquet
     files (optionally .gz-compressed) in sorted order so a corpus always reads the same way; a file

@@ -15,7 +15,9 @@ class TrainConfig:
     lr: float = 6e-4  # peak learning rate reached after warmup
     min_lr_ratio: float = 0.1  # final LR as a fraction of lr (cosine/linear floor; Chinchilla uses 0.1)
     warmup_steps: int = 100  # linear warmup from 0: Adam's moment estimates are poor early on
-    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # wsd = warmup, stable, then decay
+    # wsd = warmup, stable, then decay; inverse_sqrt = lr * sqrt(warmup_steps / step) after warmup
+    # (Vaswani et al.; fairseq's translation default), which needs no max_steps to be known
+    schedule: Literal["cosine", "linear", "constant", "wsd", "inverse_sqrt"] = "cosine"
     decay_ratio: float = 0.2  # for wsd: the final fraction of steps that decays linearly to the floor
     weight_decay: float = 0.1  # applied to matrices only; biases, norms and embeddings are exempt
     beta1: float = 0.9

@@ -83,6 +83,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return peak * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return peak
+    if cfg.schedule == "inverse_sqrt":  # continuous with the warmup's last step; floors do not apply
+        return peak * math.sqrt(max(cfg.warmup_steps, 1) / (step + 1))
     total = max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / total)
     if cfg.schedule == "cosine":

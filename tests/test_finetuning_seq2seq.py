@@ -1,0 +1,228 @@
+"""`lmforge finetune seq2seq` end to end on a tiny word-for-word translation task: it learns, its
+dev BLEU is the `sacrebleu` command's, translate/evaluate/predict agree, a killed run resumes bit
+for bit, and bad input is refused with a reason."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lmforge
+from lmforge.cli import main
+from lmforge.errors import LmforgeError
+from lmforge.finetuning import finetune
+from lmforge.infer.generate import Generation, GenerationConfig
+
+pytest.importorskip("sacrebleu")
+
+SRC = [
+    "the",
+    "a",
+    "dog",
+    "cat",
+    "man",
+    "woman",
+    "runs",
+    "sits",
+    "eats",
+    "sleeps",
+    "red",
+    "big",
+    "small",
+    "in",
+    "park",
+    "house",
+]
+# Word-for-word "German", with an article that depends on the noun: enough structure to learn.
+LEX = dict(
+    zip(
+        SRC,
+        [
+            "der",
+            "ein",
+            "hund",
+            "katze",
+            "mann",
+            "frau",
+            "rennt",
+            "sitzt",
+            "isst",
+            "schläft",
+            "rot",
+            "groß",
+            "klein",
+            "im",
+            "park",
+            "haus",
+        ],
+    )
+)
+QUIET = {"train.plot": False, "train.tensorboard": False, "train.progress": False}
+
+
+def _pairs(n, seed):
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        words = [
+            rng.choice(SRC[:2]),
+            rng.choice([*SRC[6:9], ""]),
+            rng.choice(SRC[2:6]),
+            rng.choice(SRC[6:10]),
+        ]
+        words = [w for w in words if w]
+        if rng.random() < 0.5:
+            words += ["in", rng.choice(["park", "house"])]
+        src.append(" ".join(words))
+        tgt.append(" ".join(LEX[w] for w in words).capitalize() + ".")
+    return src, tgt
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mt")
+    files = {}
+    for split, n, seed in (("train", 600, 0), ("val", 40, 1)):
+        src, tgt = _pairs(n, seed)
+        (d / f"{split}.en").write_text("\n".join(src) + "\n", encoding="utf-8")
+        (d / f"{split}.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+        files[split] = f"{d / split}.en,{d / split}.de"
+        files[f"{split}_src"], files[f"{split}_ref"] = d / f"{split}.en", d / f"{split}.de"
+    tok = d / "tok.json"
+    lmforge.train_tokenizer(files["train"], kind="word", vocab_size=200, out=str(tok), min_frequency=1)
+    files["tok"] = tok
+    return files
+
+
+ARCH = {"architecture.n_layer": 2, "architecture.n_dec_layer": 2, "architecture.d_model": 64,
+        "architecture.n_head": 4, "architecture.d_ff": 128, "architecture.max_len": 32,
+        "architecture.dropout": 0.0, "architecture.scale_embeddings": True, "architecture.init_std": 0.125}  # fmt: skip
+
+
+def _train(corpus, out, **kw):
+    opts = {"from_scratch": True, "tokenizer": str(corpus["tok"]), "train_file": corpus["train"],
+            "dev_file": corpus["val"], "out": str(out), "max_tokens": 160, "beam": 2, "epochs": 10,
+            "train.lr": 3e-3, "train.warmup_steps": 30, "train.schedule": "inverse_sqrt",
+            "label_smoothing": 0.1, **ARCH, **QUIET, **kw}  # fmt: skip
+    return finetune(task="seq2seq", **opts)
+
+
+@pytest.fixture(scope="module")
+def mt(corpus, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "mt"
+    result = _train(corpus, run)
+    return run, result
+
+
+def test_a_model_from_scratch_learns_to_translate(mt):
+    run, result = mt
+    assert result.select_metric == "bleu" and result.best_score > 60
+    report = json.loads((run / "dev_report.json").read_text())
+    assert report["bleu"] == pytest.approx(result.best_score)
+    assert "tok:13a" in report["report"]["bleu_signature"]
+    assert report["report"]["bleu_lowercase"] >= report["bleu"]
+    assert lmforge.info(str(run))["parameters"] > 0
+
+
+def test_translate_writes_what_the_sacrebleu_command_scores_as_evaluate_does(mt, corpus, tmp_path):
+    run, _ = mt
+    hyp = tmp_path / "hyp.de"
+    assert main(["translate", str(run), "--input", str(corpus["val_src"]), "--output", str(hyp)]) == 0
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == 40
+    cmd = [sys.executable, "-m", "sacrebleu", str(corpus["val_ref"]), "-i", str(hyp), "-m", "bleu", "chrf",
+           "-b", "-w", "4"]  # fmt: skip
+    bleu, chrf = (
+        float(x) for x in json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    )
+    scores = lmforge.evaluate(str(run), f"{corpus['val_src']},{corpus['val_ref']}")
+    assert scores["bleu"] == pytest.approx(bleu, abs=1e-4) and scores["chrf"] == pytest.approx(chrf, abs=1e-4)
+
+
+def test_translate_keeps_blank_lines_and_beam_one_is_greedy(mt):
+    run, _ = mt
+    texts = ["the dog runs", "", "a small cat sleeps in house"]
+    out = lmforge.translate(str(run), texts, beam=1)
+    assert out[1] == "" and out[0].lower().startswith("der hund")
+    task = lmforge.load(str(run))
+    src = torch.tensor([[*task.tokenizer.encode("the dog runs"), task.tokenizer.eos_id]])
+    gen = Generation(
+        task.model.model, torch.tensor([[task.model.tokens.start]]), GenerationConfig(max_new_tokens=16, temperature=0),
+        eos_id=task.tokenizer.eos_id, source=(src, None),
+    )  # fmt: skip
+    ids = [int(t) for t in torch.cat(list(gen)) if int(t) != task.tokenizer.eos_id]
+    assert task.tokenizer.decode(ids) == out[0]
+
+
+def test_evaluate_takes_src_and_ref_and_predict_writes_hypotheses(mt, corpus, tmp_path, capsys):
+    run, _ = mt
+    rc = main(
+        ["evaluate", str(run), "--src", str(corpus["val_src"]), "--ref", str(corpus["val_ref"]), "--json"]
+    )
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"bleu", "chrf", "rouge1", "rougeL"} <= set(last)
+    res = lmforge.predict(str(run), corpus["val"], tmp_path / "p.txt")
+    assert res["metrics"]["bleu"] == pytest.approx(last["bleu"])
+    assert main(["evaluate", str(run), "--src", str(corpus["val_src"])]) == 2
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_seq2seq_run_resumes_to_the_same_weights(corpus, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from lmforge.tasks.seq2seq import Seq2SeqModel
+
+    common = {"train.max_steps": 10, "train.save_every": 5, "train.eval_every": 5, "epochs": 1,
+              "architecture.dropout": 0.1, "dev_file": None}  # fmt: skip
+    _train(corpus, tmp_path / "a", **common)
+    original, calls = Seq2SeqModel.forward, {"n": 0}
+
+    def dies_in_step_8(self, batch):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 8:
+                raise Killed
+        return original(self, batch)
+
+    monkeypatch.setattr(Seq2SeqModel, "forward", dies_in_step_8)
+    with pytest.raises(Killed):
+        _train(corpus, tmp_path / "b", **common)
+    monkeypatch.setattr(Seq2SeqModel, "forward", original)
+    finetune(out=str(tmp_path / "b"), resume=True)
+    last = "train_state/step_00000010/model.safetensors"
+    a, b = load_file(tmp_path / "a" / last), load_file(tmp_path / "b" / last)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_bad_requests_say_what_to_do(corpus, tmp_path):
+    with pytest.raises(LmforgeError, match="--from_scratch true with --tokenizer"):
+        finetune(task="seq2seq", train_file=corpus["train"], out=str(tmp_path / "x"))
+    with pytest.raises(LmforgeError, match="needs --tokenizer"):
+        finetune(task="seq2seq", from_scratch=True, train_file=corpus["train"], out=str(tmp_path / "y"))
+    short = tmp_path / "short.de"
+    short.write_text("Der hund.\n", encoding="utf-8")
+    with pytest.raises(LmforgeError, match=r"short\.de.*1"):
+        _train(corpus, tmp_path / "z", train_file=f"{corpus['train_src']},{short}")
+    with pytest.raises(LmforgeError, match="max_tokens=4 is less than the longest example"):
+        _train(corpus, tmp_path / "w", max_tokens=4)
+
+
+def test_translate_on_a_run_that_does_not_generate_says_what_to_use(tmp_path):
+    from lmforge.finetuning import TaskRun, translate
+
+    class Cfg:
+        task = "classify"
+
+    fake = TaskRun(model=None, tokenizer=None, labels=None, config=Cfg(), run_dir=tmp_path, device=None)
+    with pytest.raises(LmforgeError, match="lmforge predict"):
+        translate(fake, ["x"])
