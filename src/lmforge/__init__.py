@@ -14,6 +14,7 @@ the same numbers.
     lmforge.evaluate("runs/gpt", "held_out.txt")                                 # lmforge eval, lmforge evaluate
     lmforge.predict("runs/ner", "test.txt", "test.pred.conll")                   # lmforge predict
     lmforge.translate("runs/mt", ["A dog runs."], beam=5)                        # lmforge translate
+    lmforge.average("runs/mt", "runs/mt-avg", last=5)                            # lmforge average
     lmforge.generate("runs/gpt", "The meaning of", max_new_tokens=50)            # lmforge generate
     lmforge.generate_stream("runs/gpt", "The meaning of")                        # ... piece by piece
     lmforge.generate_batch("runs/gpt", ["Once", "The meaning of"])               # lmforge generate --prompt A --prompt B
@@ -41,6 +42,7 @@ from lmforge.version import __version__
 __all__ = [
     "LmforgeError",
     "__version__",
+    "average",
     "compare",
     "evaluate",
     "evaluate_ngram",
@@ -186,6 +188,14 @@ def predict(
     from lmforge.utils.device import resolve_device
 
     return predict_task(run, input, output, batch_size=batch_size, device=resolve_device(device))
+
+
+def average(run: str | Path, out: str | Path, *, last: int = 5, overwrite: bool = False) -> dict[str, Any]:
+    """A new run whose weights are the mean of `run`'s `last` newest checkpoints (the source run is
+    only read); every command takes it like any run."""
+    from lmforge.train.average import average_checkpoints
+
+    return average_checkpoints(run, out, last=last, overwrite=overwrite)
 
 
 def translate(

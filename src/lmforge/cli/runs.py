@@ -1,4 +1,4 @@
-"""`lmforge info`, `lmforge export hf` and `lmforge import hf`: a run directory described or converted."""
+"""`lmforge info`, `average`, `export hf` and `import hf`: a run directory described, averaged or converted."""
 
 from __future__ import annotations
 
@@ -19,6 +19,22 @@ def add_info(new: NewCommand) -> None:
     p.add_argument("run", help="run directory")
     add_json_flag(p)
     p.set_defaults(func=cmd_info)
+
+
+def cmd_average(ns: argparse.Namespace) -> None:
+    res = lmforge.average(ns.run, ns.out, last=ns.last, overwrite=ns.overwrite)
+    steps = ", ".join(str(s) for s in res["steps"])
+    emit(res, ns.json, f"averaged the weights of steps {steps} of {ns.run} into {res['out']}")
+
+
+def add_average(new: NewCommand) -> None:
+    p = new("average", "average the weights of a run's last checkpoints into a new run (translation's trick)")
+    p.add_argument("run", help="run directory whose train_state/ holds the checkpoints")
+    p.add_argument("--last", type=int, default=5, help="newest checkpoints to average (default: 5)")
+    p.add_argument("--out", required=True, help="the new run directory")
+    add_overwrite_flag(p, "the average into a non-empty --out")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_average)
 
 
 def cmd_export_hf(ns: argparse.Namespace) -> None:

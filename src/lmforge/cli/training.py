@@ -84,7 +84,10 @@ def add_finetune(new: NewCommand) -> None:
     from lmforge.finetuning import FinetuneConfig
     from lmforge.tasks.registry import TASKS, options_of_other_tasks
 
-    ft = new("finetune", "fine-tune a pretrained run on a labelled task (classification, NER, extractive QA, seq2seq)")
+    ft = new(
+        "finetune",
+        "fine-tune a pretrained run on a labelled task (classification, NER, extractive QA, seq2seq)",
+    )
     ft_sub = ft.add_subparsers(dest="task", metavar="<task>", required=True)
     for task, spec in TASKS.items():
         p = ft_sub.add_parser(task, help=spec.summary, description=spec.summary, allow_abbrev=False)
