@@ -226,3 +226,15 @@ def test_translate_on_a_run_that_does_not_generate_says_what_to_use(tmp_path):
     fake = TaskRun(model=None, tokenizer=None, labels=None, config=Cfg(), run_dir=tmp_path, device=None)
     with pytest.raises(LmforgeError, match="lmforge predict"):
         translate(fake, ["x"])
+
+
+def test_the_python_twins_generate_on_a_seq2seq_run(mt):
+    run, _ = mt
+    task = lmforge.load(str(run))
+    one = task.generate("the dog runs", beam=2)
+    assert one == lmforge.translate(task, ["the dog runs"], beam=2)[0]
+    assert task.generate(["the dog runs", "a cat sits"], beam=2)[0] == one
+    assert lmforge.generate(str(run), "the dog runs", beam=2) == one
+    assert lmforge.generate_batch(str(run), ["the dog runs"], beam=2) == [one]
+    with pytest.raises(LmforgeError, match="option 'temperature' does not apply to a seq2seq run"):
+        lmforge.generate(str(run), "the dog runs", temperature=0.5)

@@ -91,6 +91,20 @@ def _language_model(run: Any, device: Any, **kwargs: Any):
     return load_run(run, device=resolve_device(device), **kwargs) if isinstance(run, (str, Path)) else run
 
 
+def _seq2seq_run(run: Any, device: Any):
+    """`run` loaded, when it is a seq2seq task run (whose generation is translation); else None."""
+    from lmforge.finetuning import TaskRun
+
+    if isinstance(run, (str, Path)):
+        from lmforge.run import read_run
+
+        info = read_run(run)
+        if info.kind != "task" or info.config.get("task", {}).get("task") != "seq2seq":
+            return None
+        run = load(run, device=device)
+    return run if isinstance(run, TaskRun) and run.config.task == "seq2seq" else None
+
+
 def _opened(run: Any, device: Any):
     return load(run, device=device) if isinstance(run, (str, Path)) else run
 
@@ -208,7 +222,7 @@ def translate(
     from lmforge.finetuning import translate as translate_texts
     from lmforge.utils.device import resolve_device
 
-    _check_options(translate_texts, options, "translate")
+    _check_options(translate_texts, {k: v for k, v in options.items() if k != "device"}, "a seq2seq run")
     return translate_texts(run, input, output, device=resolve_device(device), **options)
 
 
@@ -257,10 +271,14 @@ def fill_mask(run: Any, text: str, *, top_k: int = 5, device: Any = "cpu"):
 
 def generate_stream(run: Any, prompt: str, *, device: Any = "cpu", **options: Any) -> Iterator[str]:
     """The completion of `prompt` by a run (path or loaded), piece by piece as soon as each is
-    printable; options as GenerationConfig fields (strings are converted, as from the CLI)."""
+    printable; options as GenerationConfig fields (strings are converted, as from the CLI). A
+    seq2seq run translates `prompt` instead (beam search, whole: options as `translate`'s)."""
     from lmforge.config import from_dict
     from lmforge.infer.generate import GenerationConfig, generate_text
 
+    seq2seq = _seq2seq_run(run, device)
+    if seq2seq is not None:
+        return iter(translate(seq2seq, [prompt], **options))
     lm = _language_model(run, device)
     return generate_text(lm.model, lm.tokenizer, prompt, from_dict(GenerationConfig, options))
 
@@ -272,11 +290,15 @@ def generate(run: Any, prompt: str, *, device: Any = "cpu", **options: Any) -> s
 
 def generate_batch(run: Any, prompts: list[str], *, device: Any = "cpu", **options: Any) -> list[str]:
     """The completions of several prompts, decoded together as one batch: each row ends on its own
-    at the end-of-text token or its first stop string; options as for `generate_stream`."""
+    at the end-of-text token or its first stop string; options as for `generate_stream`. A
+    seq2seq run translates the prompts instead (`translate`)."""
     from lmforge.config import from_dict
     from lmforge.infer.generate import GenerationConfig
     from lmforge.infer.generate import generate_batch as decode_batch
 
+    seq2seq = _seq2seq_run(run, device)
+    if seq2seq is not None:
+        return translate(seq2seq, list(prompts), **options)
     lm = _language_model(run, device)
     return decode_batch(lm.model, lm.tokenizer, list(prompts), from_dict(GenerationConfig, options))
 

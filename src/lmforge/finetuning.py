@@ -587,6 +587,12 @@ class TaskRun:
     def pad_id(self) -> int:
         return specials_of(self.tokenizer, self.model.backbone.arch).pad
 
+    def generate(self, text: str | list[str], **options: Any) -> str | list[str]:
+        """A seq2seq run's output for a text (or a list of them, decoded together); options as
+        `translate`'s (beam, length_penalty, max_new_tokens, no_repeat_ngram, batch_size)."""
+        out = translate(self, [text] if isinstance(text, str) else list(text), **options)
+        return out[0] if isinstance(text, str) else out
+
 
 def task_run_config(cfg: FinetuneConfig, model_config: ModelConfig) -> dict[str, Any]:
     """A task run's config.yaml: the task, model (the backbone's architecture) and train sections."""

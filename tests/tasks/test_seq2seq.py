@@ -146,3 +146,13 @@ def test_rouge_is_google_rouge_score():
         for k, s in scorer.score(r, h).items():
             expected[k] += 100 * s.fmeasure / 2
     assert metrics.rouge(hyps, refs) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"beam": 0}, "--beam must be >= 1"), ({"label_smoothing": 1.5}, "--label_smoothing 1.5"),
+     ({"max_new_tokens": -1}, "--max_new_tokens -1"), ({"no_repeat_ngram": -2}, "--no_repeat_ngram")],
+)  # fmt: skip
+def test_decoding_options_are_checked_by_their_flag_names(option, message):
+    with pytest.raises(LmforgeError, match=message):
+        SPEC.build_head(FinetuneConfig(task="seq2seq", **option), None, None, None, _Tok())

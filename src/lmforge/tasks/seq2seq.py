@@ -227,10 +227,25 @@ class Seq2SeqTask:
         self, cfg: FinetuneConfig, backbone: Backbone, labels: LabelMap, class_weights: torch.Tensor | None,
         tokenizer: Any,
     ) -> nn.Module:  # fmt: skip
-        beam = BeamConfig(
-            num_beams=cfg.beam, length_penalty=cfg.length_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram,
-            max_new_tokens=max(cfg.max_new_tokens, 1),
-        )  # fmt: skip
+        if not 0.0 <= cfg.label_smoothing < 1.0:
+            raise LmforgeError(
+                f"--label_smoothing {cfg.label_smoothing}: use a value in [0, 1) (0.1 is usual)"
+            )
+        try:
+            beam = BeamConfig(
+                num_beams=cfg.beam, length_penalty=cfg.length_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram,
+                max_new_tokens=max(cfg.max_new_tokens, 1),
+            )  # fmt: skip
+        except ValueError as e:
+            names = {"num_beams": "--beam", "no_repeat_ngram_size": "--no_repeat_ngram"}
+            message = str(e)
+            for field, flag in names.items():
+                message = message.replace(field, flag)
+            raise LmforgeError(message) from None
+        if cfg.max_new_tokens < 0:
+            raise LmforgeError(
+                f"--max_new_tokens {cfg.max_new_tokens}: use a positive count, or 0 for 2 x source + 10"
+            )
         return Seq2SeqModel(backbone, seq2seq_tokens(tokenizer), label_smoothing=cfg.label_smoothing,
                             beam=beam, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
 
