@@ -67,7 +67,9 @@ def main() -> None:
     ours = ours.eval()
     results = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        prompts = torch.randint(1, args.vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(1))
+        prompts = torch.randint(
+            1, args.vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(1)
+        )
         for mode in ("greedy", "top_p"):
             sample = mode == "top_p"
             gen = GenerationConfig(max_new_tokens=args.new_tokens, temperature=1.0 if sample else 0.0,
@@ -77,10 +79,10 @@ def main() -> None:
             if sample:
                 hf_kw.update(top_p=0.9, top_k=0, temperature=1.0)
 
-            def run_ours() -> torch.Tensor:
+            def run_ours(prompts=prompts, gen=gen) -> torch.Tensor:
                 return torch.stack(list(Generation(ours, prompts, gen)), 1)
 
-            def run_hf() -> torch.Tensor:
+            def run_hf(prompts=prompts, hf_kw=hf_kw) -> torch.Tensor:
                 with torch.inference_mode():
                     return hf.generate(prompts, **hf_kw)[:, args.prompt_len :]
 

@@ -105,6 +105,16 @@ def _seq2seq_run(run: Any, device: Any):
     return run if isinstance(run, TaskRun) and run.config.task == "seq2seq" else None
 
 
+def _continues_text(lm: Any):
+    """`lm`, refused when it is an encoder-decoder (which writes from a source, not after a prompt)."""
+    if getattr(getattr(lm, "model_config", None), "arch", None) == "encoder-decoder":
+        raise LmforgeError(
+            f"{lm.run_dir} is an encoder-decoder, which continues no prompt: fine-tune it with "
+            f"lmforge finetune seq2seq --model {lm.run_dir}, then use lmforge translate / evaluate"
+        )
+    return lm
+
+
 def _opened(run: Any, device: Any):
     return load(run, device=device) if isinstance(run, (str, Path)) else run
 
@@ -279,7 +289,7 @@ def generate_stream(run: Any, prompt: str, *, device: Any = "cpu", **options: An
     seq2seq = _seq2seq_run(run, device)
     if seq2seq is not None:
         return iter(translate(seq2seq, [prompt], **options))
-    lm = _language_model(run, device)
+    lm = _continues_text(_language_model(run, device))
     return generate_text(lm.model, lm.tokenizer, prompt, from_dict(GenerationConfig, options))
 
 
@@ -299,7 +309,7 @@ def generate_batch(run: Any, prompts: list[str], *, device: Any = "cpu", **optio
     seq2seq = _seq2seq_run(run, device)
     if seq2seq is not None:
         return translate(seq2seq, list(prompts), **options)
-    lm = _language_model(run, device)
+    lm = _continues_text(_language_model(run, device))
     return decode_batch(lm.model, lm.tokenizer, list(prompts), from_dict(GenerationConfig, options))
 
 

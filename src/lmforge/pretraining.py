@@ -21,8 +21,10 @@ from lmforge.data.masking import MaskingConfig
 from lmforge.data.prep import PrepConfig
 from lmforge.errors import LmforgeError
 from lmforge.models.config import BASELINE_ARCHS, Arch, ModelConfig
+from lmforge.objectives.denoise import DenoiseConfig
 from lmforge.objectives.electra import ElectraConfig
 from lmforge.objectives.plm import PLMConfig
+from lmforge.objectives.span import SpanConfig
 from lmforge.tokenizer import TokenizerConfig
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import TrainResult
@@ -39,13 +41,17 @@ class PretrainConfig:
     tokenizer_file: str | None = None
     # clm: causal LM (GPT); mlm: masked LM on full sentences (RoBERTa); mlm+nsp: masked LM and
     # next-sentence prediction (BERT); mlm+sop: masked LM and sentence-order prediction (ALBERT);
-    # plm: permutation LM (XLNet); electra: replaced token detection (ELECTRA).
-    objective: Literal["clm", "mlm", "mlm+nsp", "mlm+sop", "plm", "electra"] = "clm"
+    # plm: permutation LM (XLNet); electra: replaced token detection (ELECTRA); span: span
+    # corruption (T5) and denoise: text infilling + sentence permutation (BART), both of an
+    # encoder-decoder.
+    objective: Literal["clm", "mlm", "mlm+nsp", "mlm+sop", "plm", "electra", "span", "denoise"] = "clm"
     arch: Arch | None = None  # shortcut for model.arch (e.g. --arch lstm); none = model.arch decides
     model: ModelConfig = field(default_factory=ModelConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)
     plm: PLMConfig = field(default_factory=PLMConfig)
     electra: ElectraConfig = field(default_factory=ElectraConfig)
+    span: SpanConfig = field(default_factory=SpanConfig)
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="auto"))
     prep: PrepConfig = field(default_factory=PrepConfig)
@@ -75,26 +81,42 @@ def build_config(
 
 
 ENCODER_OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "plm", "electra")
+SEQ2SEQ_OBJECTIVES = ("span", "denoise")  # they train an encoder-decoder
 
 
 def resolve_arch(cfg: PretrainConfig) -> None:
-    """The objective decides the architecture: masked-LM objectives train a bidirectional encoder.
+    """The objective decides the architecture: masked-LM objectives train a bidirectional encoder,
+    span corruption and denoising an encoder-decoder.
 
-    `model.arch` may be left at its default (decoder) for them and is switched here; asking for an
-    encoder with the causal objective is an error. The classic baselines (lstm, gru, nnlm) are causal
-    LMs: clm trains them, with their state carried across batches (lmforge.objectives.rnn).
+    `model.arch` may be left at its default (decoder) for them and is switched here; asking for
+    another architecture than the objective trains is an error. The classic baselines (lstm, gru,
+    nnlm) are causal LMs: clm trains them, with their state carried across batches
+    (lmforge.objectives.rnn).
     """
-    if cfg.model.arch in BASELINE_ARCHS and cfg.objective != "clm":
+    arch, objective = cfg.model.arch, cfg.objective
+    wanted = "encoder-decoder" if objective in SEQ2SEQ_OBJECTIVES else "encoder"
+    if arch in BASELINE_ARCHS and objective != "clm":
         raise LmforgeError(
-            f"model.arch={cfg.model.arch} is a causal language model; train it with --objective clm "
-            f"(the default), or use --model.arch encoder for --objective {cfg.objective}"
+            f"model.arch={arch} is a causal language model; train it with --objective clm "
+            f"(the default), or use --model.arch {wanted} for --objective {objective}"
         )
-    if cfg.objective in ENCODER_OBJECTIVES and cfg.model.arch == "decoder":
-        cfg.model = from_dict(ModelConfig, {**to_dict(cfg.model), "arch": "encoder"})
-    elif cfg.objective == "clm" and cfg.model.arch not in ("decoder", *BASELINE_ARCHS):
+    if objective in (*ENCODER_OBJECTIVES, *SEQ2SEQ_OBJECTIVES) and arch == "decoder":
+        cfg.model = from_dict(ModelConfig, {**to_dict(cfg.model), "arch": wanted})
+    elif objective in SEQ2SEQ_OBJECTIVES and arch != "encoder-decoder":
         raise LmforgeError(
-            f"--objective clm trains a decoder, but model.arch={cfg.model.arch}; use an encoder objective "
-            f"({', '.join(ENCODER_OBJECTIVES)}) or --model.arch decoder (or {', '.join(BASELINE_ARCHS)})"
+            f"--objective {objective} trains an encoder-decoder, but model.arch={arch}; use "
+            f"--model.arch encoder-decoder (or leave it out), or a masked-LM objective ({', '.join(ENCODER_OBJECTIVES)})"
+        )
+    elif objective in ENCODER_OBJECTIVES and arch == "encoder-decoder":
+        raise LmforgeError(
+            f"--objective {objective} trains an encoder, not an encoder-decoder; pretrain an encoder-decoder "
+            f"with --objective {' or '.join(SEQ2SEQ_OBJECTIVES)}, or use --model.arch encoder"
+        )
+    elif objective == "clm" and arch not in ("decoder", *BASELINE_ARCHS):
+        others = SEQ2SEQ_OBJECTIVES if arch == "encoder-decoder" else ENCODER_OBJECTIVES
+        raise LmforgeError(
+            f"--objective clm trains a decoder, but model.arch={arch}; use an {arch} objective "
+            f"({', '.join(others)}) or --model.arch decoder (or {', '.join(BASELINE_ARCHS)})"
         )
 
 
@@ -236,9 +258,22 @@ def _settle_model(cfg: PretrainConfig, tokenizer: Any, run_dir: Path, resume: bo
     from lmforge.run import check_unchanged_model, check_vocab
 
     resolve_arch(cfg)
+    # Span corruption's sentinels are ids of their own above the tokenizer's (see objectives.span).
+    reserved = 0
+    if cfg.objective == "span":
+        cfg.span.validate()
+        reserved = cfg.span.num_sentinels
+    elif cfg.objective == "denoise":
+        cfg.denoise.validate()
     if cfg.model.vocab_size == 0:
         cfg.model = from_dict(
-            ModelConfig, {**to_dict(cfg.model), "vocab_size": _round_up(tokenizer.vocab_size)}
+            ModelConfig, {**to_dict(cfg.model), "vocab_size": _round_up(tokenizer.vocab_size + reserved)}
+        )
+    elif reserved and cfg.model.vocab_size < tokenizer.vocab_size + reserved:
+        raise LmforgeError(
+            f"--model.vocab_size={cfg.model.vocab_size} is too small for --objective span: the tokenizer's "
+            f"{tokenizer.vocab_size} tokens and span.num_sentinels={reserved} sentinels need "
+            f"{tokenizer.vocab_size + reserved}; raise it, or leave it 0 to size it so"
         )
     check_vocab(cfg.model, tokenizer, f"--model.vocab_size={cfg.model.vocab_size}")
     if resume:

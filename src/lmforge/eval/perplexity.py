@@ -41,6 +41,11 @@ def evaluate_lm(
     """Loss, perplexity and bits per byte of a loaded run (`lmforge.load`) on held-out text."""
     from lmforge.text.corpus import read_documents
 
+    if lm.model_config.arch == "encoder-decoder":
+        raise LmforgeError(
+            f"{lm.run_dir} is an encoder-decoder, which gives no perplexity of text: fine-tune it with "
+            f"lmforge finetune seq2seq --model {lm.run_dir}, then use lmforge translate / evaluate"
+        )
     texts = [
         d.text for d in read_documents(data, txt_unit=txt_unit, text_field=text_field, encoding=encoding)
     ]

@@ -8,6 +8,7 @@ The layouts map onto ours tensor for tensor:
   imports the same way. Our RoPE uses Llama's rotate-half layout, so q/k need no permutation; our
   fused qkv matrix is simply q_proj, k_proj and v_proj stacked.
 * BERT (post-norm encoder) <-> `BertForPreTraining` / `BertForMaskedLM`; see `hf_bert`.
+* The encoder-decoder <-> BART / Marian / Pegasus / mBART (`AutoModelForSeq2SeqLM`); see `hf_seq2seq`.
 
 Export writes the files `AutoModelForCausalLM` and `AutoTokenizer` read (config.json,
 model.safetensors, tokenizer.json, tokenizer_config.json, special_tokens_map.json,
@@ -225,20 +226,25 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
     """Write `model` (and `tokenizer`, unless None) as a Hugging Face checkpoint directory.
 
     A decoder loads with `AutoModelForCausalLM.from_pretrained(out_dir)`, its layout (GPT-2 or
-    Llama) following from the model config; an encoder is written as BERT, `BertForPreTraining`
-    with its NSP/SOP head when `pair_head` (runs trained with one), else `BertForMaskedLM`. A config
+    Llama) following from the model config; an encoder-decoder (or a fine-tuned seq2seq model,
+    whose beam settings come along) with `AutoModelForSeq2SeqLM` (see `hf_seq2seq`); an encoder is
+    written as BERT, `BertForPreTraining` with its NSP/SOP head when `pair_head` (runs trained with
+    one), else `BertForMaskedLM`. A config
     no layout can express is an error naming the field to change. Weights keep the model's dtype;
     padded vocabulary rows (model vocab > tokenizer vocab) are kept.
     """
-    from lmforge.interop import hf_bert
+    from lmforge.interop import hf_bert, hf_seq2seq
     from lmforge.models.encoder import Encoder
     from lmforge.models.weights import write_safetensors
 
     model = getattr(model, "_orig_mod", model)
+    if hf_seq2seq.seq2seq_parts(model) is not None:
+        return hf_seq2seq.export_seq2seq(model, tokenizer, out_dir)
     if not isinstance(model, (Transformer, Encoder)):
         raise LmforgeError(
-            f"{type(model).__name__} cannot be exported to transformers: only decoder (GPT-2/Llama) and encoder "
-            "(BERT) runs can; for an ELECTRA run, export its discriminator (lmforge.load(run).model.discriminator)"
+            f"{type(model).__name__} cannot be exported to transformers: only decoder (GPT-2/Llama), encoder "
+            "(BERT) and encoder-decoder (BART/Marian/Pegasus/mBART) models can; for an ELECTRA run, export "
+            "its discriminator (lmforge.load(run).model.discriminator)"
         )
     cfg = model.config
     if cfg.arch == "encoder":
@@ -497,7 +503,8 @@ def _read_tokenizer(d: Path, model_type: str) -> Any:
 
 
 def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:
-    """Load a Hugging Face GPT-2, Llama, Mistral or BERT checkpoint directory as (our model, our tokenizer).
+    """Load a Hugging Face GPT-2, Llama, Mistral, BERT, BART, Marian, Pegasus or mBART checkpoint
+    directory as (our model, our tokenizer).
 
     Reads config.json, the weights (*.safetensors, else pytorch_model.bin loaded tensors-only) and
     tokenizer.json (or GPT-2's vocab.json + merges.txt). The model comes back in float32 and in
@@ -506,6 +513,10 @@ def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:
     d = Path(hf_dir)
     c = read_json(d / "config.json")
     model_type = c.get("model_type")
+    from lmforge.interop import hf_seq2seq
+
+    if model_type in hf_seq2seq.LAYOUTS or model_type in hf_seq2seq.T5_TYPES:
+        return hf_seq2seq.import_seq2seq(d, c)
     if model_type in ("gpt2", "bert", *_LLAMA_LIKE):
         from lmforge.interop.hf_bert import bert_model_config
 
@@ -529,7 +540,7 @@ def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:
     else:
         raise LmforgeError(
             f"{d / 'config.json'}: model_type={model_type!r} is not supported; lmforge imports "
-            f"gpt2, bert, {', '.join(_LLAMA_LIKE)}"
+            f"gpt2, bert, {', '.join(_LLAMA_LIKE)} and the encoder-decoders {', '.join(hf_seq2seq.LAYOUTS)}"
         )
 
     hf_sd = _read_weights(d)
@@ -567,8 +578,9 @@ def import_run(
     """Import a Hugging Face checkpoint directory as a run directory; returns (model, run_dir).
 
     The run records the objective the checkpoint's heads were trained for (clm for causal LMs;
-    mlm+nsp for BertForPreTraining, whose NSP head came along; mlm otherwise), so that evaluation
-    and a later export treat it like a run trained here.
+    mlm+nsp for BertForPreTraining, whose NSP head came along; mlm otherwise; seq2seq for an
+    encoder-decoder, with its decoder start token and beam settings), so that evaluation and a
+    later export treat it like a run trained here.
     """
     import shutil
 
@@ -578,10 +590,15 @@ def import_run(
     model, tokenizer = import_hf(hf_dir)
     shutil.rmtree(run_dir / "train_state", ignore_errors=True)  # checkpoints of whatever was there
     objective = "clm"
+    hf_config = read_json(Path(hf_dir) / "config.json")
     if model.config.arch == "encoder":
-        archs = read_json(Path(hf_dir) / "config.json").get("architectures") or []
+        archs = hf_config.get("architectures") or []
         objective = "mlm+nsp" if "BertForPreTraining" in archs else "mlm"
-    config = {"imported_from": str(hf_dir), "objective": objective}
+    config: dict[str, Any] = {"imported_from": str(hf_dir), "objective": objective}
+    if model.config.arch == "encoder-decoder":
+        from lmforge.interop.hf_seq2seq import run_config
+
+        config.update(run_config(Path(hf_dir), hf_config))
     return model, write_run(
         run_dir, model=model, model_config=model.config, tokenizer=tokenizer, config=config
     )

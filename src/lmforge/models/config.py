@@ -57,6 +57,13 @@ class ModelConfig:
     # Multiply token embeddings by sqrt(d_model) before adding positions (Vaswani et al., Marian,
     # fairseq), which keeps them from being swamped by sinusoidal positions of amplitude 1.
     scale_embeddings: bool = False
+    # encoder-decoder: a LayerNorm over each stack's embedding sum; None means what norm_position
+    # implies (post-norm stacks have one, as BART; pre-norm stacks do not, as Pegasus). false with
+    # post-norm is Marian's layout, true with pre-norm mBART's.
+    emb_norm: bool | None = None
+    # encoder-decoder: a bias on the output projection (`lm_head.bias`; the final_logits_bias of
+    # BART and Marian checkpoints, which Marian's converted models fill).
+    head_bias: bool = False
     dropout: float = 0.0  # 0 for pretraining on plenty of data; 0.1-0.2 on small corpora
     # Segment (token type) embeddings of encoders: 2 for BERT's sentence A/B; 0 = none.
     type_vocab_size: int = 2
@@ -92,6 +99,12 @@ class ModelConfig:
             raise ValueError(f"nnlm_context must be positive, got {self.nnlm_context}")
         if self.emb_dropout is not None and not 0.0 <= self.emb_dropout < 1.0:
             raise ValueError(f"emb_dropout must be in [0, 1), got {self.emb_dropout}")
+        if self.arch != "encoder-decoder":
+            for name, unset in (("emb_norm", None), ("head_bias", False)):
+                if getattr(self, name) != unset:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)} applies to arch=encoder-decoder only, not {self.arch}"
+                    )
         if self.n_dec_layer is not None and self.n_dec_layer <= 0:
             raise ValueError(f"n_dec_layer must be positive (or null for n_layer), got {self.n_dec_layer}")
         for name in ("n_layer", "n_head", "d_model", "max_len"):

@@ -6,7 +6,8 @@
 
 Both halves are the stack GPT and BERT are made of; the decoder's blocks add a cross-attention
 sublayer over the encoder's output. Pre-norm stacks end in their own final norm; post-norm ones
-(the paper's) normalise the embedding sum instead, as BERT does, so either choice trains. The
+(the paper's) normalise the embedding sum instead, as BERT does, so either choice trains
+(`emb_norm` overrides that embedding norm either way, for Marian's and mBART's layouts). The
 decoder's self-attention keys and values go to a `KVCache` one step at a time, and the memory's
 cross-attention keys and values are computed once per source and kept in the same cache.
 
@@ -16,7 +17,8 @@ together are the paper's three-way tie.
 
 Parameter names (the safetensors keys): `encoder.tok_emb`, `encoder.pos_emb` (learned positions),
 `encoder.blocks.{i}.*`, `encoder.norm_f`/`encoder.emb_norm`, `decoder.*` alike with
-`decoder.blocks.{i}.cross_attn.{q,kv,proj}` and `decoder.blocks.{i}.norm_cross`, `lm_head`.
+`decoder.blocks.{i}.cross_attn.{q,kv,proj}` and `decoder.blocks.{i}.norm_cross`, `lm_head` (with
+`lm_head.bias` under `head_bias`).
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ class EncoderDecoder(nn.Module):
             )
         self.config = cfg
         post = cfg.norm_position == "post"
-        self.encoder = TransformerStack(cfg, causal=False, emb_norm=post)
+        emb_norm = post if cfg.emb_norm is None else cfg.emb_norm
+        self.encoder = TransformerStack(cfg, causal=False, emb_norm=emb_norm)
         dec_cfg = dataclasses.replace(cfg, n_layer=cfg.dec_layers)
-        self.decoder = TransformerStack(dec_cfg, causal=True, cross=True, emb_norm=post)
+        self.decoder = TransformerStack(dec_cfg, causal=True, cross=True, emb_norm=emb_norm)
         if cfg.share_embeddings:
             self.decoder.tok_emb = self.encoder.tok_emb
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.decoder.tok_emb.weight
         # GPT-2's 1/sqrt(2 * layers) residual scaling is for a pre-norm residual stream, with the
@@ -125,8 +128,8 @@ class EncoderDecoder(nn.Module):
         return h if features else self.lm_head(h)
 
     def output_layer(self) -> OutputLayer:
-        """The vocabulary projection as the objectives' fused loss takes it (no bias)."""
-        return OutputLayer(self.lm_head.weight, None)
+        """The vocabulary projection as the objectives' fused loss takes it (biased with `head_bias`)."""
+        return OutputLayer(self.lm_head.weight, self.lm_head.bias)
 
     # ------------------------------------------------------------ decoding
 

@@ -10,7 +10,9 @@ What a new objective touches:
   - its model, if it needs more than `build_model(cfg.model)`: `lmforge/models/<name>.py`
     (returning logits or features, never a loss);
   - its loss and setup: `lmforge/objectives/<name>.py`;
-  - one line in `OBJECTIVES` below, and the name in `PretrainConfig.objective`'s Literal.
+  - one line in `OBJECTIVES` below, and the name in `PretrainConfig.objective`'s Literal;
+  - if it trains an architecture other than the decoder, its name in the tuple of
+    `lmforge.pretraining.resolve_arch` (ENCODER_OBJECTIVES, SEQ2SEQ_OBJECTIVES).
 The trainer never changes.
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lmforge.objectives import clm, electra, mlm, plm, rnn
+from lmforge.objectives import clm, denoise, electra, mlm, plm, rnn, span
 from lmforge.objectives.base import Loss, Objective, ObjectiveSetup
 
 Setup = Callable[[Any, Any, int, Any, torch.device], ObjectiveSetup]
@@ -33,6 +35,8 @@ OBJECTIVES: dict[str, Setup] = {
     "mlm+sop": mlm.setup,  # masked LM + sentence-order prediction (ALBERT)
     "plm": plm.setup,  # permutation LM (XLNet)
     "electra": electra.setup,  # replaced token detection (ELECTRA)
+    "span": span.setup,  # span corruption of an encoder-decoder (T5)
+    "denoise": denoise.setup,  # text infilling + sentence permutation of an encoder-decoder (BART)
     # clm for the classic baselines (model.arch lstm/gru/nnlm): truncated BPTT, state carried
     "clm-carried-state": rnn.setup,
 }
