@@ -238,3 +238,26 @@ def test_the_python_twins_generate_on_a_seq2seq_run(mt):
     assert lmforge.generate_batch(str(run), ["the dog runs"], beam=2) == [one]
     with pytest.raises(LmforgeError, match="option 'temperature' does not apply to a seq2seq run"):
         lmforge.generate(str(run), "the dog runs", temperature=0.5)
+
+
+def test_a_seq2seq_run_exports_to_transformers_with_the_same_beam_output(mt, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    run, _ = mt
+    res = lmforge.export_hf(str(run), tmp_path / "hf")
+    assert res["load_with"] == "AutoModelForSeq2SeqLM"
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
+    task = lmforge.load(str(run))
+    texts = ["the dog runs", "a small cat sleeps in house"]
+    ids = [task.tokenizer.encode(t) + [task.tokenizer.eos_id] for t in texts]
+    width = max(len(i) for i in ids)
+    src = torch.tensor([i + [task.pad_id] * (width - len(i)) for i in ids])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(i) for i in ids])[:, None]).long()
+    with torch.no_grad():
+        out = hf.generate(input_ids=src, attention_mask=mask, num_beams=2, max_new_tokens=16)
+    hyps = [
+        task.tokenizer.decode([t for t in row.tolist() if t not in (task.pad_id,)]).strip() for row in out
+    ]
+    assert hyps == lmforge.translate(task, texts, beam=2, max_new_tokens=16)
+    # Imported back, it is a pretrained encoder-decoder run that fine-tuning starts from.
+    lmforge.import_hf(tmp_path / "hf", tmp_path / "imported")
+    assert lmforge.info(str(tmp_path / "imported"))["model"]["arch"] == "encoder-decoder"

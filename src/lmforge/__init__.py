@@ -325,6 +325,13 @@ def export_hf(
     from lmforge.interop.hf import export_hf as write_hf
     from lmforge.run import claim_output_folder
 
+    seq2seq = _seq2seq_run(run, "cpu")
+    if seq2seq is not None:  # a fine-tuned seq2seq run exports whole, its beam settings included
+        if Path(out).resolve() == Path(seq2seq.run_dir).resolve():
+            raise LmforgeError(f"export hf {out}: that is the run being exported; give another output folder")
+        claim_output_folder(out, overwrite=overwrite, what="export hf")
+        path = write_hf(seq2seq.model, seq2seq.tokenizer, out)
+        return {"out": str(path), "load_with": "AutoModelForSeq2SeqLM"}
     lm = _language_model(run, "cpu")
     if Path(out).resolve() == Path(lm.run_dir).resolve():
         raise LmforgeError(f"export hf {out}: that is the run being exported; give another output folder")
@@ -332,7 +339,9 @@ def export_hf(
     if pair_head is None:
         pair_head = lm.config.get("objective") in ("mlm+nsp", "mlm+sop")
     path = write_hf(lm.model, lm.tokenizer, out, pair_head=pair_head)
-    if lm.model_config.arch != "encoder":
+    if lm.model_config.arch == "encoder-decoder":
+        load_with = "AutoModelForSeq2SeqLM"
+    elif lm.model_config.arch != "encoder":
         load_with = "AutoModelForCausalLM"
     else:
         load_with = "BertForPreTraining" if pair_head else "AutoModelForMaskedLM"

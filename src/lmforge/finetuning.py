@@ -100,6 +100,9 @@ class FinetuneConfig:
     max_new_tokens: int = 0  # seq2seq: longest output; 0 = 2 x the source + 10 (within max_len)
     no_repeat_ngram: int = 0  # seq2seq: no n-gram of this size twice in an output (0 = off)
     bleu_tokenize: str = "auto"  # seq2seq: sacreBLEU tokenizer; auto = zh for Chinese targets, else 13a
+    # seq2seq: the decoder's first input id; -1 = the one the model was trained with (an imported
+    # checkpoint's decoder_start_token_id), else the tokenizer's padding token (else end-of-text)
+    decoder_start: int = -1
     tokenizer: str = ""  # --from_scratch without --model: the tokenizer.json of the new model
     # --from_scratch without --model: the model to build (its vocab_size 0 = the tokenizer's)
     architecture: ModelConfig = field(
@@ -191,6 +194,11 @@ def load_backbone(
 
         model, tokenizer = import_hf(src)
         config = {"imported_from": str(src)}
+        if model.config.arch == "encoder-decoder":
+            from lmforge.interop.hf_seq2seq import run_config
+            from lmforge.utils.io import read_json
+
+            config.update(run_config(src, read_json(src / "config.json")))
     else:
         raise LmforgeError(
             f"{src}: neither a run directory (config.yaml) nor a Hugging Face model directory (config.json)"
@@ -413,9 +421,12 @@ def run_finetuning(
             run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
         )
         torch.manual_seed(tcfg.seed)
-        backbone, tokenizer, _ = load_backbone(
+        backbone, tokenizer, source_config = load_backbone(
             cfg.model, from_scratch=cfg.from_scratch, architecture=cfg.architecture, tokenizer=cfg.tokenizer
         )
+        start = source_config.get("decoder_start_token_id")
+        if cfg.task == "seq2seq" and cfg.decoder_start < 0 and start is not None:
+            cfg.decoder_start = int(start)  # saved with the task config, so predictions start alike
         if resume:
             check_run_tokenizer(run_dir, tokenizer, str(cfg.model))
         specials = specials_of(tokenizer, backbone.arch)

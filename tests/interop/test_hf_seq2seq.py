@@ -359,3 +359,23 @@ def test_t5_and_mismatched_checkpoints_are_refused(tmp_path, tokenizer):
         import_hf(tmp_path / "mislabelled")
     with pytest.raises(ValueError, match="emb_norm=True applies to arch=encoder-decoder only"):
         ModelConfig(emb_norm=True)
+
+
+@pytest.mark.parametrize("through_run", [False, True])
+def test_fine_tuning_an_imported_bart_starts_the_decoder_where_bart_does(tmp_path, tokenizer, through_run):
+    import lmforge
+
+    hf = hf_checkpoint("bart", decoder_start_token_id=EOS)
+    hf.save_pretrained(tmp_path / "hf")
+    tokenizer.save(tmp_path / "hf" / "tokenizer.json")
+    source = tmp_path / "hf"
+    if through_run:
+        import_run(source, tmp_path / "run")
+        source = tmp_path / "run"
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{a} {b}\t{b} {a}\n" for a, b in zip(WORDS, WORDS[1:])), encoding="utf-8")
+    lmforge.finetune(task="seq2seq", model=str(source), train_file=str(pairs), out=str(tmp_path / "ft"), **{
+        "train.max_steps": 2, "train.batch_size": 4, "train.plot": False, "train.tensorboard": False,
+        "train.progress": False})  # fmt: skip
+    task = lmforge.load(str(tmp_path / "ft"))
+    assert task.config.decoder_start == EOS and task.model.tokens.start == EOS

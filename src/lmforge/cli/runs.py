@@ -53,7 +53,7 @@ def add_export(new: NewCommand) -> None:
     exp_sub = exp.add_subparsers(dest="fmt", metavar="<format>", required=True)
     p = exp_sub.add_parser(
         "hf",
-        help="Hugging Face transformers checkpoint (GPT-2/Llama causal LM, or BERT for encoders)",
+        help="Hugging Face transformers checkpoint (GPT-2/Llama causal LM, BERT for encoders, BART/Pegasus/mBART/Marian for encoder-decoders and seq2seq runs)",
         allow_abbrev=False,
     )
     p.add_argument("run", help="run directory")
@@ -71,7 +71,9 @@ def add_import(new: NewCommand) -> None:
     imp = new("import", "import a checkpoint from another framework as a run directory")
     imp_sub = imp.add_subparsers(dest="fmt", metavar="<format>", required=True)
     p = imp_sub.add_parser(
-        "hf", help="Hugging Face transformers directory (GPT-2, Llama, Mistral, BERT)", allow_abbrev=False
+        "hf",
+        help="Hugging Face transformers directory (GPT-2, Llama, Mistral, BERT, BART, Marian, Pegasus, mBART)",
+        allow_abbrev=False,
     )
     p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer files")
     p.add_argument("run", help="run directory to create")

@@ -47,8 +47,9 @@ class Seq2SeqTokens:
     pad: int  # pads sources in a batch
 
 
-def seq2seq_tokens(tokenizer: Any) -> Seq2SeqTokens:
-    """The framing ids of `tokenizer`; a tokenizer without an end-of-text token cannot end a target."""
+def seq2seq_tokens(tokenizer: Any, start: int = -1) -> Seq2SeqTokens:
+    """The framing ids of `tokenizer` (the decoder's `start` when one is given, >= 0); a tokenizer
+    without an end-of-text token cannot end a target."""
     eos = tokenizer.eos_id
     if eos is None:
         raise LmforgeError(
@@ -56,7 +57,7 @@ def seq2seq_tokens(tokenizer: Any) -> Seq2SeqTokens:
             "model; train one with lmforge tokenizer train (its kinds all have <|endoftext|>)"
         )
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
-    return Seq2SeqTokens(start=pad, eos=eos, pad=pad)
+    return Seq2SeqTokens(start=pad if start < 0 else start, eos=eos, pad=pad)
 
 
 def shift_right(targets: torch.Tensor, start: int, pad: int) -> torch.Tensor:
@@ -177,7 +178,7 @@ class Seq2SeqTask:
     default_metric = "bleu"
     metrics = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
     options = ("src_field", "tgt_field", "label_smoothing", "beam", "length_penalty", "max_new_tokens",
-               "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize")  # fmt: skip
+               "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize", "decoder_start")  # fmt: skip
     label_key = "target_ids"
     length_sorted = True
 
@@ -246,7 +247,7 @@ class Seq2SeqTask:
             raise LmforgeError(
                 f"--max_new_tokens {cfg.max_new_tokens}: use a positive count, or 0 for 2 x source + 10"
             )
-        return Seq2SeqModel(backbone, seq2seq_tokens(tokenizer), label_smoothing=cfg.label_smoothing,
+        return Seq2SeqModel(backbone, seq2seq_tokens(tokenizer, cfg.decoder_start), label_smoothing=cfg.label_smoothing,
                             beam=beam, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
 
     def loss(self, model: nn.Module, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> Any:
