@@ -248,7 +248,7 @@ def test_a_seq2seq_run_exports_to_transformers_with_the_same_beam_output(mt, tmp
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
     task = lmforge.load(str(run))
     texts = ["the dog runs", "a small cat sleeps in house"]
-    ids = [task.tokenizer.encode(t) + [task.tokenizer.eos_id] for t in texts]
+    ids = [[*task.tokenizer.encode(t), task.tokenizer.eos_id] for t in texts]
     width = max(len(i) for i in ids)
     src = torch.tensor([i + [task.pad_id] * (width - len(i)) for i in ids])
     mask = (torch.arange(width)[None, :] < torch.tensor([len(i) for i in ids])[:, None]).long()

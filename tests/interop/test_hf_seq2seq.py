@@ -3,6 +3,7 @@ search output, and BART, Marian, Pegasus and mBART checkpoints import with their
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -373,7 +374,7 @@ def test_fine_tuning_an_imported_bart_starts_the_decoder_where_bart_does(tmp_pat
         import_run(source, tmp_path / "run")
         source = tmp_path / "run"
     pairs = tmp_path / "pairs.tsv"
-    pairs.write_text("".join(f"{a} {b}\t{b} {a}\n" for a, b in zip(WORDS, WORDS[1:])), encoding="utf-8")
+    pairs.write_text("".join(f"{a} {b}\t{b} {a}\n" for a, b in itertools.pairwise(WORDS)), encoding="utf-8")
     lmforge.finetune(task="seq2seq", model=str(source), train_file=str(pairs), out=str(tmp_path / "ft"), **{
         "train.max_steps": 2, "train.batch_size": 4, "train.plot": False, "train.tensorboard": False,
         "train.progress": False})  # fmt: skip
