@@ -95,7 +95,7 @@ def build(args: argparse.Namespace, d: Path) -> None:
 def sources(args: argparse.Namespace) -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
     lengths = torch.randint(8, 21, (args.sentences,), generator=g).tolist()
-    rows = [torch.randint(2, args.vocab - 1, (n,), generator=g).tolist() + [EOS] for n in lengths]
+    rows = [[*torch.randint(2, args.vocab - 1, (n,), generator=g).tolist(), EOS] for n in lengths]
     return sorted(rows, key=len, reverse=True)
 
 
@@ -191,8 +191,8 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     if args.only:
-        import ctranslate2  # noqa: F401  (every library loaded before the baseline)
-        import transformers  # noqa: F401
+        import ctranslate2
+        import transformers
 
         import lmforge.interop.hf  # noqa: F401
 
