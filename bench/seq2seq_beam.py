@@ -13,8 +13,9 @@ sequences of Multi30k-like lengths (8 to 20 tokens plus the end token), decoded 
 
 Sentences/s is the median over rounds (each round decodes every source with each system, in
 turn), the ratios the medians of per-round ratios. Peak memory is measured in a fresh process per
-system (`--only NAME`): its resident high-water mark after decoding, minus the one after loading
-the libraries (the model, its cache and the decoder's work).
+system (`--only NAME`): the largest resident size sampled every 2 ms while the model loads and
+decodes, minus the resident size once the libraries are loaded (the model, its cache and the
+decoder's work; the process's own high-water mark is no use, import sets it).
 
     python bench/seq2seq_beam.py                 # d 256, 3 + 3 layers, vocab 8000, 2 threads
     python bench/seq2seq_beam.py --d_model 512 --layers 6 --n_head 8 --d_ff 2048
@@ -167,6 +168,12 @@ def systems(args: argparse.Namespace, d: Path, names: list[str]) -> dict:
     return out
 
 
+def _rss_mb() -> float:
+    """The process's current resident size, MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def peak_memory(args: argparse.Namespace, d: Path, name: str) -> float:
     cmd = [sys.executable, __file__, "--only", name, "--dir", str(d)]
     for key in (
@@ -191,14 +198,28 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     if args.only:
+        import gc
+        import threading
+
         import ctranslate2
         import transformers
 
         import lmforge.interop.hf  # noqa: F401
 
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        gc.collect()
+        base, peak, done = _rss_mb(), [0.0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_mb())
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         systems(args, Path(args.dir), [args.only])[args.only]()
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        done.set()
+        sampler.join()
+        print(max(peak[0], _rss_mb()) - base)
         return
     import ctranslate2
     import transformers
