@@ -34,6 +34,7 @@ and `target_ids` (B, T) padded with -100: the layout of `lmforge.tasks.batches.c
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,7 +166,7 @@ def corrupt_spans(
 # Windows of documents, resumable
 
 
-class DocumentWindowBatches:
+class DocumentWindowBatches(ABC):
     """Endless, resumable encoder-decoder batches over the document windows of one split.
 
     Subclasses turn a batch of windows into inputs and targets (`make_examples`); this class cuts
@@ -293,11 +294,11 @@ class DocumentWindowBatches:
         ids[~real] = self.pad_id
         return ids
 
+    @abstractmethod
     def make_examples(
         self, windows: np.ndarray, lengths: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(inputs (B, S) padded with the padding id, their lengths, targets (B, T) padded with -100)."""
-        raise NotImplementedError
 
     def assemble(
         self, starts: np.ndarray, lengths: np.ndarray, rng: np.random.Generator

@@ -225,7 +225,7 @@ def _framing(tokenizer: Any, task: Any) -> dict[str, int | None]:
     convention (the decoder starts from the padding token, else from end-of-text)."""
     tokens = getattr(task, "tokens", None)
     if tokens is None and tokenizer is not None and tokenizer.eos_id is not None:
-        from lmforge.tasks.seq2seq import seq2seq_tokens
+        from lmforge.models.seq2seq import seq2seq_tokens
 
         tokens = seq2seq_tokens(tokenizer)
     if tokens is None:

@@ -24,14 +24,17 @@ Parameter names (the safetensors keys): `encoder.tok_emb`, `encoder.pos_emb` (le
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
-from lmforge.models.layers import KVCache, OutputLayer, check_length, init_transformer
-from lmforge.models.transformer import TransformerStack
+from lmforge.models.heads import IGNORE
+from lmforge.models.layers import KVCache, OutputLayer, init_transformer
+from lmforge.models.transformer import TransformerStack, decoder_cache
 
 
 class EncoderDecoder(nn.Module):
@@ -142,18 +145,8 @@ class EncoderDecoder(nn.Module):
     ) -> KVCache:
         """An empty decoder cache for `batch_size` targets of up to `max_len` positions (default
         model.max_len); its cross entries are filled from the memory at the first decode call."""
-        cfg = self.config
-        max_len = max_len or cfg.max_len
-        check_length(max_len, cfg.max_len)
-        ref = self.lm_head.weight
-        return KVCache(
-            cfg.dec_layers,
-            batch_size,
-            cfg.kv_heads,
-            max_len,
-            cfg.head_dim,
-            device=device if device is not None else ref.device,
-            dtype=dtype if dtype is not None else ref.dtype,
+        return decoder_cache(
+            self.config, self.config.dec_layers, self.lm_head.weight, batch_size, max_len, device, dtype
         )
 
     # ------------------------------------------------------------ counts
@@ -183,4 +176,39 @@ class EncoderDecoder(nn.Module):
         return 6.0 * self.num_params(non_embedding=True) + 12.0 * attentions * cfg.d_model * seq_len
 
 
-__all__ = ["EncoderDecoder"]
+# ----------------------------------------------------------------------------------------------
+# Framing: what the decoder reads, shared by fine-tuning (tasks.seq2seq) and pretraining (span, denoise)
+
+
+@dataclass(frozen=True)
+class Seq2SeqTokens:
+    """The special ids an encoder-decoder's inputs and outputs are framed with."""
+
+    start: int  # the decoder's first input
+    eos: int  # ends every source and target
+    pad: int  # pads sources in a batch
+
+
+def seq2seq_tokens(tokenizer: Any, start: int = -1) -> Seq2SeqTokens:
+    """The framing ids of `tokenizer` (the decoder's `start` when one is given, >= 0); a tokenizer
+    without an end-of-text token cannot end a target."""
+    eos = tokenizer.eos_id
+    if eos is None:
+        raise LmforgeError(
+            "the tokenizer has no end-of-text token, which ends every source and target of a seq2seq "
+            "model; train one with lmforge tokenizer train (its kinds all have <|endoftext|>)"
+        )
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
+    return Seq2SeqTokens(start=pad if start < 0 else start, eos=eos, pad=pad)
+
+
+def shift_right(targets: torch.Tensor, start: int, pad: int) -> torch.Tensor:
+    """Teacher forcing's decoder inputs: the targets (B, T) one position later, behind `start`,
+    with the ignored positions (padding) read as `pad`."""
+    inputs = targets.new_full(targets.shape, pad)
+    inputs[:, 0] = start
+    inputs[:, 1:] = targets[:, :-1].masked_fill(targets[:, :-1] == IGNORE, pad)
+    return inputs
+
+
+__all__ = ["EncoderDecoder", "Seq2SeqTokens", "seq2seq_tokens", "shift_right"]

@@ -274,19 +274,33 @@ class Transformer(TransformerStack):
     ) -> KVCache:
         """An empty KV cache for `batch_size` sequences of up to `max_len` (default model.max_len)
         positions, on the model's device and in its dtype unless told otherwise."""
-        cfg = self.config
-        max_len = max_len or cfg.max_len
-        check_length(max_len, cfg.max_len)
-        ref = self.lm_head.weight
-        return KVCache(
-            cfg.n_layer,
-            batch_size,
-            cfg.kv_heads,
-            max_len,
-            cfg.head_dim,
-            device=device if device is not None else ref.device,
-            dtype=dtype if dtype is not None else ref.dtype,
+        return decoder_cache(
+            self.config, self.config.n_layer, self.lm_head.weight, batch_size, max_len, device, dtype
         )
+
+
+def decoder_cache(
+    cfg: ModelConfig,
+    n_layer: int,
+    ref: torch.Tensor,
+    batch_size: int,
+    max_len: int | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> KVCache:
+    """An empty KV cache for `n_layer` decoder blocks of `cfg`: `batch_size` rows of up to `max_len`
+    (default cfg.max_len) positions, on `ref`'s device and in its dtype unless told otherwise."""
+    max_len = max_len or cfg.max_len
+    check_length(max_len, cfg.max_len)
+    return KVCache(
+        n_layer,
+        batch_size,
+        cfg.kv_heads,
+        max_len,
+        cfg.head_dim,
+        device=device if device is not None else ref.device,
+        dtype=dtype if dtype is not None else ref.dtype,
+    )
 
 
 def _key_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:

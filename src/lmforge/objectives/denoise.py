@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.models.seq2seq import seq2seq_tokens
 from lmforge.objectives.base import ObjectiveSetup
-from lmforge.objectives.span import decoder_start, seq2seq_flops, seq2seq_objective, validation
+from lmforge.objectives.span import seq2seq_flops, seq2seq_objective, validation
 
 
 @dataclass
@@ -60,7 +61,7 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
             "--objective denoise replaces each span with the tokenizer's mask token, but this tokenizer has none; "
             "train one with lmforge tokenizer train (its kinds all have one), or use --objective span"
         )
-    _, pad = decoder_start(tokenizer)
+    pad = seq2seq_tokens(tokenizer).pad
     model = build_model(cfg.model)
     common = {
         "mask_id": tokenizer.mask_id, "sentence_ends": sentence_end_table(tokenizer),

@@ -28,6 +28,7 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.models.heads import IGNORE
+from lmforge.models.seq2seq import seq2seq_tokens, shift_right
 from lmforge.models.weights import unwrap
 from lmforge.objectives.base import Objective, ObjectiveSetup
 from lmforge.objectives.losses import linear_cross_entropy
@@ -60,18 +61,6 @@ class SpanConfig:
 # What the encoder-decoder objectives share
 
 
-def decoder_start(tokenizer: Any) -> tuple[int, int]:
-    """(start, pad) of the decoder's inputs: the padding token (else the end-of-text token) for
-    both, the framing `lmforge finetune seq2seq` uses."""
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    if pad is None:
-        raise LmforgeError(
-            "the tokenizer has neither a padding nor an end-of-text token to start the decoder with; "
-            "train one with lmforge tokenizer train (its kinds all have <|endoftext|>)"
-        )
-    return int(pad), int(pad)
-
-
 @dataclass(frozen=True)
 class TeacherForcedLoss:
     """(model, batch) -> mean cross-entropy of the target tokens, the decoder reading the targets
@@ -81,18 +70,12 @@ class TeacherForcedLoss:
     start: int
     pad: int
 
-    def decoder_inputs(self, targets: torch.Tensor) -> torch.Tensor:
-        inputs = targets.new_full(targets.shape, self.pad)
-        inputs[:, 0] = self.start
-        inputs[:, 1:] = targets[:, :-1].masked_fill(targets[:, :-1] == IGNORE, self.pad)
-        return inputs
-
     def __call__(
         self, model: nn.Module, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         targets = batch["target_ids"]
         h = model(
-            batch["input_ids"], self.decoder_inputs(targets), src_mask=batch.get("attention_mask"),
+            batch["input_ids"], shift_right(targets, self.start, self.pad), src_mask=batch.get("attention_mask"),
             token_index=batch.get("token_index"), features=True,
         )  # fmt: skip
         inner = unwrap(model)
@@ -124,8 +107,10 @@ def target_tokens(batch: dict[str, Any]) -> int:
 
 
 def seq2seq_objective(name: str, tokenizer: Any) -> Objective:
-    start, pad = decoder_start(tokenizer)
-    return Objective(name, TeacherForcedLoss(start, pad), batch_weight=target_tokens, figures=("loss", "acc"))
+    tokens = seq2seq_tokens(tokenizer)
+    return Objective(
+        name, TeacherForcedLoss(tokens.start, tokens.pad), batch_weight=target_tokens, figures=("loss", "acc")
+    )
 
 
 def seq2seq_flops(model: nn.Module, source_len: float, target_len: float, positions: int) -> float:
@@ -177,7 +162,7 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
     tcfg, scfg = cfg.train, cfg.span
     scfg.validate()
     tokenizer = shards.tokenizer()
-    _, pad = decoder_start(tokenizer)
+    pad = seq2seq_tokens(tokenizer).pad
     model = build_model(cfg.model)
     common = {
         "vocab_size": cfg.model.vocab_size, "noise_density": scfg.noise_density,
@@ -209,7 +194,6 @@ def setup(cfg: Any, shards: Any, seq_len: int, dist: Any, device: torch.device) 
 __all__ = [
     "SpanConfig",
     "TeacherForcedLoss",
-    "decoder_start",
     "seq2seq_flops",
     "seq2seq_objective",
     "setup",

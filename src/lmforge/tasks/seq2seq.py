@@ -12,7 +12,6 @@ detokenised hypothesis per line, the file `sacrebleu REF -i HYP` reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,8 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.beam import BeamConfig, beam_search
 from lmforge.infer.decoding import open_session
 from lmforge.models.backbone import Backbone
-from lmforge.models.heads import IGNORE, TaskModel
+from lmforge.models.heads import TaskModel
+from lmforge.models.seq2seq import Seq2SeqTokens, seq2seq_tokens, shift_right
 from lmforge.objectives.losses import linear_cross_entropy
 from lmforge.tasks import metrics
 from lmforge.tasks.framing import Specials
@@ -36,37 +36,6 @@ from lmforge.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from lmforge.finetuning import FinetuneConfig
-
-
-@dataclass(frozen=True)
-class Seq2SeqTokens:
-    """The special ids an encoder-decoder's inputs and outputs are framed with."""
-
-    start: int  # the decoder's first input
-    eos: int  # ends every source and target
-    pad: int  # pads sources in a batch
-
-
-def seq2seq_tokens(tokenizer: Any, start: int = -1) -> Seq2SeqTokens:
-    """The framing ids of `tokenizer` (the decoder's `start` when one is given, >= 0); a tokenizer
-    without an end-of-text token cannot end a target."""
-    eos = tokenizer.eos_id
-    if eos is None:
-        raise LmforgeError(
-            "the tokenizer has no end-of-text token, which ends every source and target of a seq2seq "
-            "model; train one with lmforge tokenizer train (its kinds all have <|endoftext|>)"
-        )
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
-    return Seq2SeqTokens(start=pad if start < 0 else start, eos=eos, pad=pad)
-
-
-def shift_right(targets: torch.Tensor, start: int, pad: int) -> torch.Tensor:
-    """Teacher forcing's decoder inputs: the targets (B, T) one position later, behind `start`,
-    with the ignored positions (padding) read as `pad`."""
-    inputs = targets.new_full(targets.shape, pad)
-    inputs[:, 0] = start
-    inputs[:, 1:] = targets[:, :-1].masked_fill(targets[:, :-1] == IGNORE, pad)
-    return inputs
 
 
 class Seq2SeqModel(TaskModel):
