@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.infer.beam import BeamConfig, ban_repeated_ngrams, beam_generate, beam_search
+from lmforge.infer.beam import BeamConfig, ban_repeated_ngrams, beam_generate, beam_search, top_per_row
 from lmforge.infer.decoding import DecodeSession, left_pad
 from lmforge.infer.generate import Generation, GenerationConfig
 from lmforge.models import ModelConfig, build_model
@@ -137,7 +137,7 @@ class TableSession(DecodeSession):
         self.sizes.append(next_ids.numel())
         return self.table[self.owner]
 
-    def reorder(self, index):
+    def reorder(self, index, inputs=None):
         self.owner = self.owner[index]
 
 
@@ -297,3 +297,15 @@ def test_matches_transformers_beam_search(gpt2_pair):
         last = got.tokens.gather(2, (got.lengths - 1)[..., None]).squeeze(2)  # (B, num_return)
         ended += int(((last == eos) & (got.lengths >= min_new + 1)).sum())
     assert ended > 0  # the finished-hypothesis paths ran
+
+
+@pytest.mark.parametrize("V", [3, 10, 300, 1000, 8000, 8013])
+def test_top_per_row_equals_topk(V):
+    torch.manual_seed(V)
+    x = torch.randn(7, V)
+    x[0, : min(V, 50)] = float("-inf")  # banned tokens
+    k = 10
+    values, ids = top_per_row(x, k)
+    ref_values, ref_ids = torch.topk(x, min(k, V))
+    torch.testing.assert_close(values, ref_values, atol=0, rtol=0)
+    assert torch.equal(ids, ref_ids)

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.models import KVCache, ModelConfig, build_model
 from lmforge.models.layers import Attention, Block
 from lmforge.models.weights import fused_weights, load_tensors, weights_for_save
@@ -56,12 +57,31 @@ def test_cross_entries_are_computed_once_and_reordered():
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-12, rtol=0)
 
     cache.length = 4
-    index = torch.tensor([2, 2, 0])
-    k_self, k_cross = cache.k[0][:, :, :4].clone(), cache.cross_k[0].clone()
-    cache.reorder(index)
-    assert cache.batch_size == 3
-    torch.testing.assert_close(cache.k[0][:, :, :4], k_self[index], atol=0, rtol=0)
+    index = torch.tensor([2, 2, 0, 1])
+    k_self, k_cross = cache.k[0][:, :4].clone(), cache.cross_k[0].clone()
+    cache.reorder(index, index)
+    assert cache.batch_size == 4
+    torch.testing.assert_close(cache.k[0][:, :4], k_self[index], atol=0, rtol=0)
     torch.testing.assert_close(cache.cross_k[0], k_cross[index], atol=0, rtol=0)
+    cache.reorder(torch.tensor([3, 0]))  # into the other buffers, which are large enough
+    torch.testing.assert_close(cache.k[0][:, :4], k_self[[1, 2]], atol=0, rtol=0)
+    assert cache.cross_k[0].size(0) == 4  # no cross_index: the cross entries stay
+
+
+def test_grouped_rows_share_their_inputs_cross_entries():
+    """Beam search's K consecutive rows per input attend over one copy of the input's memory."""
+    cfg = ModelConfig(n_head=2, d_model=16, n_layer=1)
+    torch.manual_seed(0)
+    block = Block(cfg, 0, cross=True).double().eval()
+    memory = torch.randn(2, 6, 16, dtype=torch.float64)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    x = torch.randn(6, 1, 16, dtype=torch.float64)  # 3 rows per input
+    grouped = block(x, memory=memory, memory_mask=mask)
+    rows = torch.tensor([0, 0, 0, 1, 1, 1])
+    copied = block(x, memory=memory[rows], memory_mask=mask[rows])
+    torch.testing.assert_close(grouped, copied, atol=1e-12, rtol=0)
+    with pytest.raises(LmforgeError, match="cannot be grouped"):
+        block(x[:5], memory=memory, memory_mask=mask)
 
 
 @pytest.mark.parametrize("arch", ["decoder", "encoder"])

@@ -104,7 +104,7 @@ def test_config_errors():
 def test_new_cache_follows_model_device_and_dtype():
     m = model("llama").to(torch.bfloat16)
     cache = m.new_cache(3)
-    assert cache.k[0].shape == (3, 2, 24, 8) and cache.k[0].dtype == torch.bfloat16
+    assert cache.k[0].shape == (3, 24, 2, 8) and cache.k[0].dtype == torch.bfloat16
     assert len(cache.k) == len(cache.v) == 2 and cache.batch_size == 3 and cache.max_len == 24
     assert m(torch.zeros(3, 4, dtype=torch.long), cache=cache).dtype == torch.bfloat16
 

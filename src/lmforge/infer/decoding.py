@@ -3,7 +3,7 @@
     session = open_session(model, batch_size, max_len)
     logits = session.prefill(ids, attention_mask)  # (B, T) left-padded prompts -> (B, V) next-token logits
     logits = session.step(next_ids)                # (B,) one token per row -> (B, V)
-    session.reorder(index)                         # (B',) rows to keep, drop or duplicate (beams)
+    session.reorder(index, inputs)                 # (B',) rows to keep, drop or duplicate (beams)
 
 Sampling (`lmforge.infer.generate`) and beam search (`lmforge.infer.beam`) drive it, whatever
 the model. A session owns its model's decoding memory: the KV cache of a Transformer decoder
@@ -54,8 +54,14 @@ class DecodeSession(ABC):
         """Append one token per row, next_ids (B,), and return the next-token logits (B, V)."""
 
     @abstractmethod
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows `index` (B',) of the memory, in that order (rows may repeat); B becomes B'."""
+    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
+        """Keep rows `index` (B',) of the memory, in that order (rows may repeat); B becomes B'.
+
+        `inputs` (A',): a caller that keeps its rows grouped by input (the same number of
+        consecutive rows per input, as beam search does) names the inputs kept, as increasing
+        positions among the current ones. An encoder-decoder then keeps one copy of each source's
+        encoding rather than one per row; other sessions need not care.
+        """
 
 
 class TransformerSession(DecodeSession):
@@ -95,7 +101,7 @@ class TransformerSession(DecodeSession):
         self.next_pos = self.next_pos + 1
         return logits
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
         self.cache.reorder(index)
         if self.mask is not None and self.next_pos is not None:
             index = index.to(self.mask.device)
@@ -142,7 +148,7 @@ class RecurrentSession(DecodeSession):
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         return self.model(next_ids[:, None], cache=self.cache)[:, -1]
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
         if self.cache.state is not None:
             index = index.to(self.cache.state[0].device)
             self.cache.state = tuple(s.index_select(self.batch_dim, index) for s in self.cache.state)
@@ -179,12 +185,26 @@ class Seq2SeqSession(DecodeSession):
         h = self.model.decode(next_ids[:, None], None, self.src_mask, cache=self.cache)
         return self.model.lm_head(h)[:, -1]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        self.cache.reorder(index)
-        index = index.to(self.src.device)
-        self.src = self.src.index_select(0, index)
-        if self.src_mask is not None:
-            self.src_mask = self.src_mask.index_select(0, index)
+    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
+        kept = _inputs_needed(index, inputs, self.cache.batch_size, self.src.size(0))
+        self.cache.reorder(index, kept)  # the cross entries are per input, like the source
+        if kept is not None:
+            kept = kept.to(self.src.device)
+            self.src = self.src.index_select(0, kept)
+            if self.src_mask is not None:
+                self.src_mask = self.src_mask.index_select(0, kept)
+
+
+def _inputs_needed(
+    index: torch.Tensor, inputs: torch.Tensor | None, rows: int, n_inputs: int
+) -> torch.Tensor | None:
+    """The inputs (source rows) that `rows` decoder rows need once reordered by `index`, or None
+    where they are the ones held. Rows are grouped by input, rows // n_inputs consecutive ones each;
+    without `inputs`, each new row gets its own copy of its input."""
+    if inputs is not None:
+        return None if inputs.numel() == n_inputs else inputs
+    per_input = rows // n_inputs
+    return index if per_input == 1 else index.div(per_input, rounding_mode="floor")
 
 
 Source = tuple[torch.Tensor, torch.Tensor | None]

@@ -115,16 +115,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache:
     """Keys and values of past positions, for decoding one token at a time.
 
-    Storage is preallocated per layer at a fixed shape (batch, n_kv_head, max_len, head_dim), so
-    decoding never reallocates (only `reorder` does) and the tensors are friendly to `torch.compile`/CUDA graphs;
-    `length` counts the positions already written. Attention layers call `update` with the
-    keys/values of the new positions and attend over the returned prefix; the Transformer
-    advances `length` once all layers have written.
+    Storage is preallocated per layer at a fixed shape (batch, max_len, n_kv_head, head_dim):
+    position-major within a row, so that a row's filled positions are one contiguous block, which
+    is all `reorder` copies. `update` hands attention (B, n_kv_head, S, head_dim) views of it, and
+    `length` counts the positions already written; the Transformer advances it once all layers
+    have written. Decoding never reallocates: `reorder` copies into a second set of buffers and
+    swaps (a fresh allocation per step would page-fault megabytes every step on CPU).
 
-    Cross-attention layers (an encoder-decoder's) keep the keys/values of the encoder's output
-    in `cross_k`/`cross_v`: they are computed from the memory at the first step and reused at
-    every later one. `reorder` selects batch rows of every entry at once, which is how beam
-    search keeps, drops and duplicates hypotheses.
+    Cross-attention layers (an encoder-decoder's) keep the keys/values of the encoder's output in
+    `cross_k`/`cross_v` (B_in, n_kv_head, S, head_dim): computed at the first step, reused at every
+    later one. There is one entry per *input*, and the rows may outnumber them: beam search keeps
+    K consecutive rows per input, and cross-attention folds those K rows into one input's queries
+    (see `Attention`) rather than attending over K copies of the same keys.
     """
 
     def __init__(
@@ -137,16 +139,19 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        shape = (batch_size, n_kv_head, max_len, head_dim)
+        shape = (batch_size, max_len, n_kv_head, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        # reorder's other buffers (allocated at its first call, grown when the rows outgrow them).
+        self._spare: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._base = (self.k, self.v)  # the full buffers self.k / self.v are row-prefixes of
         self.cross_k: list[torch.Tensor | None] = [None] * n_layer
         self.cross_v: list[torch.Tensor | None] = [None] * n_layer
         self.length = 0
 
     @property
     def max_len(self) -> int:
-        return self.k[0].size(2)
+        return self.k[0].size(1)
 
     @property
     def batch_size(self) -> int:
@@ -164,29 +169,36 @@ class KVCache:
         Returns the keys and values of all positions so far, (B, n_kv_head, length + T, head_dim).
         """
         end = self.length + k.size(2)
-        self.k[layer][:, :, self.length : end] = k
-        self.v[layer][:, :, self.length : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        self.k[layer][:, self.length : end] = k.transpose(1, 2)
+        self.v[layer][:, self.length : end] = v.transpose(1, 2)
+        return self.k[layer][:, :end].transpose(1, 2), self.v[layer][:, :end].transpose(1, 2)
 
     def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The cached cross keys/values of `layer`, (B, n_kv_head, S, head_dim) each, or None."""
+        """The cached cross keys/values of `layer`, (B_in, n_kv_head, S, head_dim) each, or None."""
         k, v = self.cross_k[layer], self.cross_v[layer]
         return None if k is None or v is None else (k, v)
 
     def set_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep the memory's keys/values k, v (B, n_kv_head, S, head_dim) of `layer` for later steps."""
+        """Keep the memory's keys/values k, v (B_in, n_kv_head, S, head_dim) of `layer` for later steps."""
         self.cross_k[layer], self.cross_v[layer] = k, v
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index` (B',) of every self and cross entry, in that order (rows may repeat).
-
-        One `index_select` per tensor on the device; the batch size becomes B'.
-        """
+    def reorder(self, index: torch.Tensor, cross_index: torch.Tensor | None = None) -> None:
+        """Keep rows `index` (B',) of every self entry, in that order (rows may repeat), and rows
+        `cross_index` of the cross entries (None: they stay as they are)."""
         index = index.to(self.k[0].device)
-        self.k = [k.index_select(0, index) for k in self.k]
-        self.v = [v.index_select(0, index) for v in self.v]
-        self.cross_k = [None if k is None else k.index_select(0, index) for k in self.cross_k]
-        self.cross_v = [None if v is None else v.index_select(0, index) for v in self.cross_v]
+        n, L = index.numel(), self.length
+        if self._spare is None or self._spare[0][0].size(0) < n:
+            self._spare = tuple([t.new_empty((n, *t.shape[1:])) for t in ts] for ts in (self.k, self.v))
+        spare_k, spare_v = self._spare
+        with torch.no_grad():  # a decoding memory: out= copies take no gradient
+            for src, dst in zip(self.k + self.v, spare_k + spare_v, strict=True):
+                torch.index_select(src[:, :L], 0, index, out=dst[:n, :L])  # the filled positions only
+        self._spare, self._base = self._base, (spare_k, spare_v)
+        self.k, self.v = [k[:n] for k in spare_k], [v[:n] for v in spare_v]
+        if cross_index is not None:
+            cross_index = cross_index.to(index.device)
+            self.cross_k = [None if k is None else k.index_select(0, cross_index) for k in self.cross_k]
+            self.cross_v = [None if v is None else v.index_select(0, cross_index) for v in self.cross_v]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,8 +321,9 @@ class Attention(nn.Module):
         padding; `causal` additionally hides later positions (decoders) and is off for encoders.
         With `unpad`, x holds only the real tokens of a padded batch, (N, d_model) -> (N, d_model):
         the projections skip the padding and only the attention itself sees the (B, T) layout.
-        Cross-attention: keys/values come from `memory` (B, S, d_model), or from the cache once it
-        holds them; `memory_mask` (B, S) bool, True for real memory positions, masks its padding.
+        Cross-attention: keys/values come from `memory` (B_in, S, d_model), or from the cache once
+        it holds them; `memory_mask` (B_in, S) bool, True for real memory positions, masks its
+        padding. B_in divides B: each input's B / B_in rows are consecutive (beam search's beams).
         """
         if self.cross:
             return self._cross(x, memory, memory_mask, cache)
@@ -350,10 +363,20 @@ class Attention(nn.Module):
             if cache is not None:
                 cache.set_cross(self.layer_idx, *kv)
         q = self.project_q(x).transpose(1, 2)  # (B, n_head, T, head_dim)
-        mask = None if memory_mask is None else memory_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        y = self._attend(q, *kv, causal=False, attn_mask=mask)  # (B, n_head, T, head_dim)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        return self.resid_drop(self.proj(y))
+        inputs = kv[0].size(0)
+        if B % inputs:
+            raise LmforgeError(f"{B} decoder rows cannot be grouped over a memory of {inputs} inputs")
+        group = B // inputs  # consecutive rows per input (beam search's beams), 1 otherwise
+        if group > 1:  # each input's rows become more queries of one attention over its memory
+            q = (
+                q.reshape(inputs, group, self.n_head, T, -1)
+                .transpose(1, 2)
+                .reshape(inputs, self.n_head, group * T, -1)
+            )
+        mask = None if memory_mask is None else memory_mask.bool()[:, None, None, :]  # (B_in, 1, 1, S)
+        y = self._attend(q, *kv, causal=False, attn_mask=mask)  # (B_in, n_head, group * T, head_dim)
+        y = y.view(inputs, self.n_head, group, T, -1).permute(0, 2, 3, 1, 4)  # (B_in, group, T, n_head, hd)
+        return self.resid_drop(self.proj(y.reshape(B, T, self.n_head * self.head_dim)))
 
     def _attend(
         self,
