@@ -141,6 +141,12 @@ def test_translate_writes_what_the_sacrebleu_command_scores_as_evaluate_does(mt,
     )
     scores = lmforge.evaluate(str(run), f"{corpus['val_src']},{corpus['val_ref']}")
     assert scores["bleu"] == pytest.approx(bleu, abs=1e-4) and scores["chrf"] == pytest.approx(chrf, abs=1e-4)
+    # The hypotheses are the user's file now: a second translate into it needs --overwrite.
+    hyp.write_text("kept\n", encoding="utf-8")
+    assert main(["translate", str(run), "--input", str(corpus["val_src"]), "--output", str(hyp)]) == 2
+    assert hyp.read_text(encoding="utf-8") == "kept\n"
+    args = ["translate", str(run), "--input", str(corpus["val_src"]), "--output", str(hyp), "--overwrite"]
+    assert main(args) == 0 and len(hyp.read_text(encoding="utf-8").splitlines()) == 40
 
 
 def test_translate_keeps_blank_lines_and_beam_one_is_greedy(mt):
@@ -168,6 +174,8 @@ def test_evaluate_takes_src_and_ref_and_predict_writes_hypotheses(mt, corpus, tm
     assert {"bleu", "chrf", "rouge1", "rougeL"} <= set(last)
     res = lmforge.predict(str(run), corpus["val"], tmp_path / "p.txt")
     assert res["metrics"]["bleu"] == pytest.approx(last["bleu"])
+    with pytest.raises(LmforgeError, match=r"already exists.*--overwrite"):
+        lmforge.predict(str(run), corpus["val"], tmp_path / "p.txt")
     assert main(["evaluate", str(run), "--src", str(corpus["val_src"])]) == 2
 
 

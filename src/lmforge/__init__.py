@@ -206,12 +206,16 @@ def predict(
     *,
     batch_size: int = 64,
     device: Any = "cpu",
+    overwrite: bool = False,
 ) -> dict:
-    """Predictions of a fine-tuned task run on a file, written as JSONL / CoNLL / SQuAD JSON."""
+    """Predictions of a fine-tuned task run on a file, written as JSONL / CoNLL / SQuAD JSON
+    (an existing `output` is replaced only with `overwrite`)."""
     from lmforge.finetuning import predict as predict_task
     from lmforge.utils.device import resolve_device
 
-    return predict_task(run, input, output, batch_size=batch_size, device=resolve_device(device))
+    return predict_task(
+        run, input, output, batch_size=batch_size, device=resolve_device(device), overwrite=overwrite
+    )
 
 
 def average(run: str | Path, out: str | Path, *, last: int = 5, overwrite: bool = False) -> dict[str, Any]:
@@ -228,7 +232,8 @@ def translate(
 ) -> list[str]:  # fmt: skip
     """Outputs of a seq2seq run (translation, summarisation) for texts or a file of one source per
     line, written one per line to `output` when given. Options: beam, length_penalty,
-    max_new_tokens, no_repeat_ngram (None: the run's own settings), batch_size."""
+    max_new_tokens, no_repeat_ngram (None: the run's own settings), batch_size, overwrite (replace
+    an existing `output`)."""
     from lmforge.finetuning import translate as translate_texts
     from lmforge.utils.device import resolve_device
 

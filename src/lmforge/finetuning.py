@@ -684,15 +684,20 @@ def _input_data(task: TaskRun, path: Path, *, need_gold: bool = False) -> tuple[
 
 
 def predict(run: str | Path | TaskRun, input: str | Path, output: str | Path | None = None, *,
-            batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+            batch_size: int = 64, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Predict on a file and write the predictions; the Python twin of `lmforge predict`.
 
     Output formats are the ones the official scorers read: JSONL (one object per input: text,
     label, probabilities) for classification; CoNLL `word gold predicted` (or `word predicted`
     without gold) for NER, which `conlleval` scores; `{question_id: answer}` JSON for QA, which the
     SQuAD v1.1 evaluation script scores (with `<output>.nbest.json` beside it). When the input has
-    gold labels, the metrics are returned as well.
+    gold labels, the metrics are returned as well. An existing `output` is replaced only with
+    `overwrite`.
     """
+    from lmforge.run import claim_output_file
+
+    if output is not None:
+        claim_output_file(output, overwrite=overwrite, what="--output")
     task = run if isinstance(run, TaskRun) else load_task(run, device=device)
     cfg, path = task.config, Path(input)
     data, gold = _input_data(task, path)
@@ -746,15 +751,20 @@ def evaluate_task(run: str | Path | TaskRun, data: str | Path, *, batch_size: in
 def translate(
     run: str | Path | TaskRun, input: str | Path | list[str], output: str | Path | None = None, *,
     beam: int | None = None, length_penalty: float | None = None, max_new_tokens: int | None = None,
-    no_repeat_ngram: int | None = None, batch_size: int = 64, device: str = "cpu",
+    no_repeat_ngram: int | None = None, batch_size: int = 64, device: str = "cpu", overwrite: bool = False,
 ) -> list[str]:  # fmt: skip
     """Translate (or summarise) with a seq2seq run: texts, or a file of one source per line (or a
     parallel file, whose targets are ignored), into one output per input; the Python twin of
     `lmforge translate`. Options left as None keep the run's decoding settings; `output` gets
-    one line per input (blank for a blank input line)."""
+    one line per input (blank for a blank input line), replacing an existing file only with
+    `overwrite`."""
     import dataclasses
 
+    from lmforge.run import claim_output_file
     from lmforge.tasks.parallel import Pair
+
+    if output is not None:
+        claim_output_file(output, overwrite=overwrite, what="--output")
     from lmforge.utils.io import atomic_write_text
 
     task = run if isinstance(run, TaskRun) else load_task(run, device=device)

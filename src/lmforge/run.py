@@ -285,6 +285,19 @@ def claim_output_folder(path: str | Path, *, overwrite: bool, what: str) -> Path
     return path
 
 
+def claim_output_file(path: str | Path, *, overwrite: bool, what: str) -> Path:
+    """A file a command writes (predictions, translations), refused when it exists (unless
+    `overwrite`) or is a folder, before any work is done; `what` names the command's argument."""
+    path = Path(path)
+    if path.is_dir():
+        raise LmforgeError(f"{what} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise LmforgeError(
+            f"{what} {path} already exists; choose another name, or add --overwrite to replace it"
+        )
+    return path
+
+
 def finish_training_run(run_dir: Path, *, is_main: bool) -> None:
     """Give up ownership of `run_dir` (when this job holds it), however training ended."""
     if is_main and _read_lock(run_dir).get("job") == _job_id():
@@ -468,6 +481,7 @@ __all__ = [
     "check_run_tokenizer",
     "check_unchanged_model",
     "check_vocab",
+    "claim_output_file",
     "claim_output_folder",
     "finish_training_run",
     "load",

@@ -15,6 +15,7 @@ from lmforge.cli.flags import (
     add_batch_size_flag,
     add_device_flag,
     add_json_flag,
+    add_overwrite_flag,
     add_read_flags,
     add_stride_flag,
     given,
@@ -81,7 +82,9 @@ def add_evaluate(new: NewCommand) -> None:
 
 
 def cmd_predict(ns: argparse.Namespace) -> None:
-    res = lmforge.predict(ns.run, ns.input, ns.output, batch_size=ns.batch_size, device=ns.device)
+    res = lmforge.predict(
+        ns.run, ns.input, ns.output, batch_size=ns.batch_size, device=ns.device, overwrite=ns.overwrite
+    )
     res.pop("predictions", None)
     human = f"wrote {res['output']} ({res['examples']:,} examples)"
     if "metrics" in res:
@@ -94,6 +97,7 @@ def add_predict(new: NewCommand) -> None:
     p.add_argument("run", help="fine-tuned task run directory")
     p.add_argument("--input", required=True, help="file to predict on (gold labels optional)")
     p.add_argument("--output", required=True, help="where to write the predictions")
+    add_overwrite_flag(p, "--output", file=True)
     add_batch_size_flag(p, 64, "inputs")
     add_device_flag(p)
     add_json_flag(p)
@@ -107,7 +111,15 @@ def cmd_translate(ns: argparse.Namespace) -> None:
     source: str | list[str] = ns.input
     if ns.input == "-":
         source = sys.stdin.read().splitlines()
-    hyps = lmforge.translate(ns.run, source, ns.output, batch_size=ns.batch_size, device=ns.device, **options)
+    hyps = lmforge.translate(
+        ns.run,
+        source,
+        ns.output,
+        batch_size=ns.batch_size,
+        device=ns.device,
+        overwrite=ns.overwrite,
+        **options,
+    )
     if ns.output is None:
         if ns.json:
             emit({"outputs": hyps}, True, "")
@@ -122,6 +134,7 @@ def add_translate(new: NewCommand) -> None:
     p.add_argument("run", help="seq2seq run directory (lmforge finetune seq2seq)")
     p.add_argument("--input", default="-", help="one source text per line (default -: standard input)")
     p.add_argument("--output", help="where to write the outputs (default: standard output)")
+    add_overwrite_flag(p, "--output", file=True)
     p.add_argument("--beam", type=int, help="beam size, 1 = greedy (default: the run's)")
     p.add_argument(
         "--length_penalty", type=float, help="beam scores are log p / length^this (default: the run's)"

@@ -19,8 +19,9 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--overwrite", action="store_true", help=f"write {what} even when it already holds files")
+def add_overwrite_flag(p: argparse.ArgumentParser, what: str, *, file: bool = False) -> None:
+    held = "exists" if file else "holds files"
+    p.add_argument("--overwrite", action="store_true", help=f"write {what} even when it already {held}")
 
 
 def add_device_flag(p: argparse.ArgumentParser) -> None:
