@@ -322,6 +322,7 @@ def test_imported_marian_exports_as_marian(tmp_path, tokenizer):
     ("change", "field"),
     [
         (dict(position="rope"), "model.position='rope'"),
+        (dict(position="t5"), "model.position='t5'"),
         (dict(norm="rmsnorm"), "model.norm='rmsnorm'"),
         (dict(activation="swiglu", bias=False), "model.activation='swiglu'"),
         (dict(bias=False), "model.bias=False"),

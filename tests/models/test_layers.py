@@ -14,12 +14,15 @@ from lmforge.models.layers import (
     Attention,
     Block,
     KVCache,
+    RelativePositionBias,
     RMSNorm,
     RotaryEmbedding,
     apply_rope,
     gelu_tanh,
     make_norm,
+    relative_position_bucket,
     sinusoidal_table,
+    with_position_bias,
 )
 
 
@@ -176,3 +179,48 @@ def test_pre_norm_block_is_residual():
         torch.nn.init.zeros_(p)
     x = torch.randn(2, 5, 32)
     torch.testing.assert_close(block(x), x)  # zeroed sublayer outputs leave the identity path
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize(("buckets", "max_distance"), [(32, 128), (8, 12), (6, 40)])
+def test_relative_buckets_equal_t5s(bidirectional, buckets, max_distance):
+    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    relative = torch.arange(-300, 301)[None, :] - torch.arange(0, 5)[:, None]
+    ours = relative_position_bucket(
+        relative, bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance
+    )
+    theirs = t5.T5Attention._relative_position_bucket(relative, bidirectional, buckets, max_distance)
+    assert torch.equal(ours, theirs) and int(ours.min()) >= 0 and int(ours.max()) < buckets
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_relative_position_bias_equals_t5s_compute_bias(decoder):
+    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    from transformers import T5Config
+
+    hf = t5.T5Attention(
+        T5Config(d_model=32, d_kv=8, num_heads=4, is_decoder=decoder, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=20),
+        has_relative_attention_bias=True,
+    )  # fmt: skip
+    ours = RelativePositionBias(
+        ModelConfig(vocab_size=10, d_model=32, n_head=4, position="t5", relative_buckets=8, relative_max_distance=20),
+        bidirectional=not decoder,
+    )  # fmt: skip
+    with torch.no_grad():
+        ours.bias.weight.copy_(torch.randn(8, 4))
+        hf.relative_attention_bias.weight.copy_(ours.bias.weight)
+        # a whole sequence, and the last 3 queries after 9 cached positions
+        torch.testing.assert_close(ours(0, 30, 30), hf.compute_bias(30, 30))
+        torch.testing.assert_close(ours(9, 3, 12), hf.compute_bias(3, 12, past_seen_tokens=9))
+
+
+def test_position_bias_folds_padding_and_the_causal_triangle():
+    bias = torch.randn(1, 2, 3, 5)
+    keys = torch.tensor([True, True, True, True, False])[None, None, None, :]
+    mask = with_position_bias(bias, keys, causal=True)  # the last 3 of 5 positions
+    seen = torch.isfinite(mask[0, 0])
+    assert seen.tolist() == [[True, True, True, False, False], [True, True, True, True, False],
+                             [True, True, True, True, False]]  # fmt: skip
+    torch.testing.assert_close(mask[torch.isfinite(mask)], bias.expand_as(mask)[torch.isfinite(mask)])
+    assert with_position_bias(bias, None, causal=False) is bias

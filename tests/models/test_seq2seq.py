@@ -35,6 +35,7 @@ VARIANTS = [
     {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False},
     {"fused_qkv": False, "n_kv_head": 2, "scale_embeddings": True},
     {"share_embeddings": False, "tie_embeddings": False},
+    {"position": "t5", "relative_buckets": 8, "relative_max_distance": 12, "norm": "rmsnorm", "bias": False},
 ]
 
 

@@ -22,7 +22,8 @@ LLAMA = dict(
     GPT2, norm="rmsnorm", position="rope", activation="swiglu", bias=False, n_kv_head=2, tie_embeddings=False
 )
 SINUSOIDAL_POST = dict(GPT2, position="sinusoidal", norm_position="post", activation="relu")
-LAYOUTS = {"gpt2": GPT2, "llama": LLAMA, "sinusoidal-post": SINUSOIDAL_POST}
+T5_POSITIONS = dict(GPT2, position="t5", relative_buckets=8, relative_max_distance=12, init_std=0.3)
+LAYOUTS = {"gpt2": GPT2, "llama": LLAMA, "sinusoidal-post": SINUSOIDAL_POST, "t5-positions": T5_POSITIONS}
 
 
 def model(layout: str = "gpt2", **kw) -> Transformer:

@@ -117,9 +117,9 @@ def fixed_table(n_pos: int, dim: int) -> torch.Tensor:
 
 def layout_of(cfg: ModelConfig) -> Layout:
     """The class that computes what `cfg`'s encoder-decoder computes, or an error naming the field."""
-    if cfg.position == "rope":
+    if cfg.position in ("rope", "t5"):
         raise LmforgeError(
-            "model.position='rope' cannot be exported: BART, Marian, Pegasus and mBART add absolute "
+            f"model.position={cfg.position!r} cannot be exported: BART, Marian, Pegasus and mBART add absolute "
             "position embeddings; use position=learned or position=sinusoidal"
         )
     if cfg.norm != "layernorm":

@@ -43,7 +43,13 @@ class ModelConfig:
     # "pre": GPT-2/Llama (norm before each sublayer, final norm); "post": original Transformer/BERT.
     norm_position: Literal["pre", "post"] = "pre"
     norm_eps: float = 1e-5  # added to the variance inside the norm for numerical safety
-    position: Literal["learned", "sinusoidal", "rope"] = "learned"  # rope: rotary (Llama), extends best
+    # rope: rotary (Llama), extends best; t5: a learned bias per head and bucket of query-key distance
+    # added to the attention scores (Raffel et al. 2020), nothing added to the embeddings.
+    position: Literal["learned", "sinusoidal", "rope", "t5"] = "learned"
+    # t5 positions: distance buckets (half exact, half logarithmic) and the distance the last
+    # bucket begins at; a decoder's buckets all look back, an encoder's split both ways.
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
     rope_theta: float = 10000.0  # RoPE base frequency
     # gelu: exact erf GELU; gelu_tanh: GPT-2's approximation; swiglu: gated (Llama).
     activation: Literal["gelu", "gelu_tanh", "relu", "swiglu"] = "gelu_tanh"
@@ -93,6 +99,11 @@ class ModelConfig:
                 raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={kv}")
             if self.position == "rope" and self.head_dim % 2:
                 raise ValueError(f"rope needs an even head_dim, got {self.head_dim}")
+            if self.position == "t5" and not 4 <= self.relative_buckets <= self.relative_max_distance:
+                raise ValueError(
+                    f"t5 positions need 4 <= relative_buckets <= relative_max_distance, got "
+                    f"{self.relative_buckets} and {self.relative_max_distance} (T5: 32 and 128)"
+                )
         if self.rnn_hidden is not None and self.rnn_hidden <= 0:
             raise ValueError(f"rnn_hidden must be positive (or null for d_model), got {self.rnn_hidden}")
         if self.nnlm_context <= 0:

@@ -112,6 +112,72 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # Key/value cache
 
 
+def relative_position_bucket(
+    relative: torch.Tensor, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucket of each key-minus-query distance: small distances get a bucket each, larger
+    ones share logarithmically wider buckets up to `max_distance`, beyond which all share the last.
+
+    Bidirectional (encoder) buckets give half the buckets to keys after the query; causal
+    (decoder) ones spend all buckets on keys before it (later keys are masked anyway).
+    """
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    exact = num_buckets // 2
+    # log(distance / exact) / log(max_distance / exact) of the remaining buckets, for distance >= exact
+    far = (
+        exact
+        + (
+            torch.log(distance.float().clamp(min=1) / exact)
+            / math.log(max_distance / exact)
+            * (num_buckets - exact)
+        ).long()
+    )
+    far = far.clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's positions: a learned scalar per head and distance bucket, added to every attention score
+    of a stack's self-attention (one table per stack, shared by its blocks, as T5 shares layer 0's)."""
+
+    def __init__(self, cfg: ModelConfig, *, bidirectional: bool):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
+        self.bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)
+
+    def forward(self, start: int, T: int, S: int) -> torch.Tensor:
+        """The bias of queries at positions start..start+T-1 over keys 0..S-1: (1, n_head, T, S)."""
+        device = self.bias.weight.device
+        q = torch.arange(start, start + T, device=device)
+        relative = torch.arange(S, device=device)[None, :] - q[:, None]  # (T, S) key minus query
+        bucket = relative_position_bucket(
+            relative,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )
+        return self.bias(bucket).permute(2, 0, 1)[None]  # (1, n_head, T, S)
+
+
+def with_position_bias(bias: torch.Tensor, attn_mask: torch.Tensor | None, *, causal: bool) -> torch.Tensor:
+    """One float mask from a position bias (1, H, T, S), a boolean mask broadcastable to
+    (B, 1, T, S) (True = may attend) and, when `causal`, the triangle of the last T of S positions."""
+    T, S = bias.shape[-2:]
+    hidden = None
+    if causal and T > 1:
+        hidden = torch.ones(T, S, dtype=torch.bool, device=bias.device).triu(diagonal=S - T + 1)
+    if attn_mask is not None:
+        hidden = ~attn_mask if hidden is None else hidden | ~attn_mask
+    return bias if hidden is None else bias.masked_fill(hidden, float("-inf"))
+
+
 class KVCache:
     """Keys and values of past positions, for decoding one token at a time.
 
@@ -609,6 +675,7 @@ __all__ = [
     "KVCache",
     "OutputLayer",
     "RMSNorm",
+    "RelativePositionBias",
     "Rope",
     "RotaryEmbedding",
     "TanhGELU",
@@ -619,6 +686,8 @@ __all__ = [
     "init_transformer",
     "make_activation",
     "make_norm",
+    "relative_position_bucket",
     "rotate_half",
     "sinusoidal_table",
+    "with_position_bias",
 ]

@@ -24,6 +24,7 @@ from lmforge.models.layers import (
     Block,
     KVCache,
     OutputLayer,
+    RelativePositionBias,
     Rope,
     RotaryEmbedding,
     Unpad,
@@ -32,6 +33,7 @@ from lmforge.models.layers import (
     init_transformer,
     make_norm,
     sinusoidal_table,
+    with_position_bias,
 )
 
 
@@ -64,12 +66,15 @@ class TransformerStack(nn.Module):
         d = cfg.d_model
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.rope: RotaryEmbedding | None = None
+        self.rel_bias: RelativePositionBias | None = None
         if cfg.position == "learned":
             self.pos_emb = nn.Embedding(cfg.max_len, d)
         elif cfg.position == "sinusoidal":
             self.register_buffer("pos_emb", sinusoidal_table(cfg.max_len, d), persistent=False)
-        else:
+        elif cfg.position == "rope":
             self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_theta)
+        else:  # t5: positions enter as a bias on the self-attention scores only
+            self.rel_bias = RelativePositionBias(cfg, bidirectional=not causal)
         self.type_emb = nn.Embedding(cfg.type_vocab_size, d) if segments and cfg.type_vocab_size > 0 else None
         self.emb_norm = make_norm(cfg) if emb_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
@@ -103,7 +108,7 @@ class TransformerStack(nn.Module):
         x = self.tok_emb(idx)  # (B, T, d_model)
         if self.config.scale_embeddings:
             x = x * self.config.d_model**0.5
-        if self.rope is None:
+        if self.rope is None and self.rel_bias is None:
             # Both position tables are (max_len, d_model); slicing skips an index lookup.
             table = self.pos_emb.weight if isinstance(self.pos_emb, nn.Embedding) else self.pos_emb
             x = x + (table[start : start + T] if positions is None else table[positions])
@@ -132,10 +137,21 @@ class TransformerStack(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embeddings x (B, T, d) (or (N, d) with `unpad`) through every block and the final norm."""
+        """Embeddings x (B, T, d) (or (N, d) with `unpad`) through every block and the final norm.
+
+        With T5 positions the stack's relative bias for these queries (after the cached positions)
+        is computed once and folded with `attn_mask` and the causal triangle into one float mask
+        that every block's self-attention adds to its scores.
+        """
+        causal = self.causal
+        if self.rel_bias is not None:
+            T = unpad[2] if unpad is not None else x.size(1)
+            start = cache.length if cache is not None else 0
+            bias = self.rel_bias(start, T, start + T).to(x.dtype)
+            attn_mask, causal = with_position_bias(bias, attn_mask, causal=causal), False
         for block in self.blocks:
             x = block(
-                x, rope=rope, causal=self.causal, attn_mask=attn_mask, cache=cache, unpad=unpad,
+                x, rope=rope, causal=causal, attn_mask=attn_mask, cache=cache, unpad=unpad,
                 memory=memory, memory_mask=memory_mask,
             )  # fmt: skip
         return self.norm_f(x)
