@@ -94,6 +94,9 @@ class FinetuneConfig:
     # seq2seq: the JSONL (or TSV header) fields of the source and the target
     src_field: str = "src"
     tgt_field: str = "tgt"
+    # seq2seq: the JSONL field of the references scored against, when not the target's (DialogSum
+    # test: summaries); a record without it is scored against its target
+    ref_field: str | None = None
     label_smoothing: float = 0.1  # seq2seq: share of the target's probability spread over the vocabulary
     beam: int = 5  # seq2seq: beam size of dev scoring and predictions (1 = greedy)
     length_penalty: float = 1.0  # seq2seq: beam scores are log p / length^this (>1 favours longer output)

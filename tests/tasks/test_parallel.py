@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.tasks.parallel import parallel_files, read_parallel
+from lmforge.tasks.parallel import Pair, parallel_files, read_parallel
 from lmforge.utils.shared_data import shared_data_path
 
 
@@ -90,3 +90,87 @@ def test_the_shared_parallel_corpora_read_whole(folder, src, tgt, count, first):
     assert len(data) + data.skipped_empty == count and data.skipped_empty == 0
     if first is not None:
         assert data.pairs[0].src == first
+
+
+def test_jsonl_list_fields_join_the_source_and_make_the_target_list_references(tmp_path):
+    rows = [
+        {"source": ["First sentence. ", "\nSecond one.\n"], "target": ["", " Summary A. ", "Summary B."]},
+        {"source": ["Only one."], "target": ["Just this."]},  # one reference: the target alone
+        {"source": "A string source.", "target": "A string target."},
+        {"source": ["Skipped."], "target": ["", "  "]},  # no reference with text: an empty side
+    ]
+    path = _write(tmp_path / "s.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    data = read_parallel(path, src_field="source", tgt_field="target")
+    assert [(p.src, p.tgt, p.refs, p.line) for p in data.pairs] == [
+        ("First sentence. Second one.", "Summary A.", ("Summary A.", "Summary B."), 1),
+        ("Only one.", "Just this.", (), 2),
+        ("A string source.", "A string target.", (), 3),
+    ]
+    assert [p.references for p in data.pairs] == [
+        ("Summary A.", "Summary B."),
+        ("Just this.",),
+        ("A string target.",),
+    ]
+    assert data.skipped_empty == 1
+
+
+def test_a_pair_built_from_three_fields_has_its_target_as_its_only_reference():
+    pair = Pair("src", "tgt", 7)
+    assert pair.refs == () and pair.references == ("tgt",)
+
+
+def test_ref_field_takes_the_references_from_another_field(tmp_path):
+    rows = [
+        {"dialogue": "#P1#: hi", "summary": "They greet.", "summaries": ["They greet.", "Hello.", " "]},
+        {"dialogue": "#P1#: bye", "summary": "They part."},  # no references: scored against the target
+        {"dialogue": "#P1#: ok", "summary": "Fine.", "summaries": None},
+        {"dialogue": "#P1#: so", "summary": "So.", "summaries": "One string."},
+    ]
+    path = _write(tmp_path / "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    data = read_parallel(path, src_field="dialogue", tgt_field="summary", ref_field="summaries")
+    assert [p.tgt for p in data.pairs] == ["They greet.", "They part.", "Fine.", "So."]
+    assert [p.references for p in data.pairs] == [
+        ("They greet.", "Hello."), ("They part.",), ("Fine.",), ("One string.",)
+    ]  # fmt: skip
+    assert data.notes() == [
+        f"{path}: 2 record(s) have no references in 'summaries'; they are scored against their target alone"
+    ]
+    plain = read_parallel(path, src_field="dialogue", tgt_field="summary")
+    assert [p.references for p in plain.pairs] == [
+        (t,) for t in ["They greet.", "They part.", "Fine.", "So."]
+    ]
+    assert plain.notes() == []
+    tsv = _write(tmp_path / "p.tsv", "a\tb\n")  # other layouts have one target, the reference
+    assert read_parallel(tsv, ref_field="summaries").pairs[0].references == ("b",)
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "kind", "flag"),
+    [
+        ({"src": 3, "tgt": "b"}, "src", "a number", "src_field"),
+        ({"src": "a", "tgt": {"text": "b"}}, "tgt", "an object", "tgt_field"),
+        ({"src": "a", "tgt": ["b", None]}, "tgt", "a list holding null", "tgt_field"),
+        ({"src": ["a", 1], "tgt": "b"}, "src", "a list holding a number", "src_field"),
+        ({"src": "a", "tgt": "b", "refs": [["b"]]}, "refs", "a list holding a list", "ref_field"),
+        ({"src": "a", "tgt": "b", "refs": True}, "refs", "a boolean", "ref_field"),
+    ],
+)
+def test_a_field_of_another_type_names_the_line_the_field_and_the_fix(tmp_path, record, field, kind, flag):
+    path = _write(tmp_path / "t.jsonl", '{"src": "x", "tgt": "y"}\n' + json.dumps(record) + "\n")
+    message = rf"t\.jsonl:2: field '{field}' is {kind}, not a string or a list of strings; .*--{flag}$"
+    with pytest.raises(LmforgeError, match=message):
+        read_parallel(path, ref_field="refs")
+
+
+@pytest.mark.shared_data
+def test_the_scitldr_test_set_reads_with_all_its_references():
+    path = shared_data_path("scitldr", "test.jsonl")
+    if path is None:
+        pytest.skip("needs ../shared/data/scitldr (the shared datasets)")
+    data = read_parallel(path, src_field="source", tgt_field="target")
+    assert len(data) == 618 and data.skipped_empty == 0
+    counts = sorted({len(p.references) for p in data.pairs})
+    assert counts == [2, 3, 4] and sum(len(p.references) for p in data.pairs) == 1967
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    assert data.pairs[0].src == " ".join(s.strip() for s in first["source"])
+    assert data.pairs[0].tgt == first["target"][0].strip()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +150,118 @@ def test_rouge_is_google_rouge_score():
         for k, s in scorer.score(r, h).items():
             expected[k] += 100 * s.fmeasure / 2
     assert metrics.rouge(hyps, refs) == pytest.approx(expected)
+
+
+# Three hypotheses with two references each, and a fourth with one (the variable-count case).
+MULTI_HYPS = ["The cat sat on the mat.", "A dog runs in the park", "Hello world!", "It is raining today."]
+MULTI_REFS = [
+    ["The cat is sitting on the mat.", "A cat sat on the mat."],
+    ["A dog is running in the park.", "The dog runs through a park."],
+    ["Hello, world!", "Hi world!"],
+    ["Today it rains."],
+]
+
+
+def _sacrebleu_command(tmp_path, hyps, streams):
+    """BLEU and chrF as `sacrebleu REF1 REF2 ... -i HYP -m bleu chrf -b` prints them."""
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    refs = []
+    for k, stream in enumerate(streams):
+        refs.append(tmp_path / f"ref{k}.txt")
+        refs[-1].write_text("".join(r + "\n" for r in stream), encoding="utf-8")
+    cmd = [sys.executable, "-m", "sacrebleu", *map(str, refs), "-i", str(hyp), "-m", "bleu", "chrf", "-b",
+           "-w", "4"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return [float(x) for x in json.loads(out)]
+
+
+def test_multi_reference_bleu_and_chrf_are_the_sacrebleu_commands(tmp_path):
+    pytest.importorskip("sacrebleu")
+    hyps, refs = MULTI_HYPS[:3], MULTI_REFS[:3]
+    bleu, chrf = _sacrebleu_command(tmp_path, hyps, [[r[k] for r in refs] for k in range(2)])
+    ours = metrics.bleu(hyps, refs)
+    assert ours["bleu"] == pytest.approx(bleu, abs=1e-4) and "nrefs:2" in ours["signature"]
+    assert metrics.chrf(hyps, refs)["chrf"] == pytest.approx(chrf, abs=1e-4)
+    # A second reference changes the score: the first alone is another number.
+    assert metrics.bleu(hyps, [r[0] for r in refs])["bleu"] != pytest.approx(ours["bleu"], abs=1e-2)
+
+
+def test_examples_with_fewer_references_are_scored_against_the_ones_they_have(tmp_path):
+    sacrebleu = pytest.importorskip("sacrebleu")
+    # The command wants one line per example in every file; repeating an example's reference in
+    # the file it lacks is a no-op for BLEU (n-gram counts take the max over references, the
+    # closest length is the same) and for chrF (the best reference wins).
+    padded = [[r[k] if k < len(r) else r[0] for r in MULTI_REFS] for k in range(2)]
+    bleu, chrf = _sacrebleu_command(tmp_path, MULTI_HYPS, padded)
+    ours = metrics.bleu(MULTI_HYPS, MULTI_REFS)
+    assert ours["bleu"] == pytest.approx(bleu, abs=1e-4) and "nrefs:var" in ours["signature"]
+    assert metrics.chrf(MULTI_HYPS, MULTI_REFS)["chrf"] == pytest.approx(chrf, abs=1e-4)
+    streams = [[r[0] for r in MULTI_REFS], [r[1] if len(r) > 1 else None for r in MULTI_REFS]]
+    assert ours["bleu"] == pytest.approx(sacrebleu.corpus_bleu(MULTI_HYPS, streams).score)
+
+
+def test_multi_reference_rouge_is_rouge_scores_best_reference():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    kinds = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    expected = dict.fromkeys(kinds, 0.0)
+    for h, r in zip(MULTI_HYPS, MULTI_REFS):
+        for k, score in scorer.score_multi(r, h).items():
+            expected[k] += 100 * score.fmeasure / len(MULTI_HYPS)
+    ours = metrics.rouge(MULTI_HYPS, MULTI_REFS)
+    assert ours == pytest.approx(expected)
+    assert (
+        ours["rouge1"]
+        > metrics.rouge(MULTI_HYPS, [r[1] if len(r) > 1 else r[0] for r in MULTI_REFS])["rouge1"]
+    )
+
+
+def test_one_reference_in_a_list_scores_as_the_reference_itself():
+    pytest.importorskip("sacrebleu")
+    pytest.importorskip("rouge_score")
+    hyps, refs = MULTI_HYPS, [r[0] for r in MULTI_REFS]
+    wrapped = [[r] for r in refs]
+    assert metrics.bleu(hyps, wrapped) == metrics.bleu(hyps, refs)
+    assert metrics.chrf(hyps, wrapped) == metrics.chrf(hyps, refs)
+    assert metrics.rouge(hyps, wrapped) == metrics.rouge(hyps, refs)
+
+
+@pytest.mark.parametrize("score", [metrics.bleu, metrics.chrf, metrics.rouge])
+def test_references_that_are_not_text_are_refused(score):
+    pytest.importorskip("sacrebleu")
+    pytest.importorskip("rouge_score")
+    with pytest.raises(LmforgeError, match="example 1: references must be a string or a non-empty list"):
+        score(["a", "b"], ["a", []])
+    with pytest.raises(LmforgeError, match="2 hypotheses for 1 references"):
+        score(["a", "b"], [["a", "b"]])
+    with pytest.raises(LmforgeError, match="no examples to score"):
+        score([], [])
+
+
+def test_ref_field_reaches_the_reader_and_dev_scoring_uses_every_reference(tmp_path):
+    pytest.importorskip("sacrebleu")
+    pytest.importorskip("rouge_score")
+    from lmforge.cli import build_parser
+    from lmforge.config import namespace_overrides
+
+    ns = build_parser().parse_args(["finetune", "seq2seq", "--ref_field", "summaries"])
+    assert namespace_overrides(ns, FinetuneConfig)["ref_field"] == "summaries"
+    rows = [{"dialogue": f"d{i}", "summary": r[0], "summaries": r} for i, r in enumerate(MULTI_REFS)]
+    path = tmp_path / "dev.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = FinetuneConfig(task="seq2seq", src_field="dialogue", tgt_field="summary", ref_field="summaries")
+    examples = SPEC.read(cfg, path)
+    assert [e.references for e in examples] == [tuple(r) for r in MULTI_REFS]
+    tok = _Tok()
+    data = SPEC.featurize(cfg, path, examples, tok, None, None, 64)
+    outputs = {"hyp": tok.encode_batch(MULTI_HYPS)}
+    hyps = [tok.decode(ids) for ids in outputs["hyp"]]
+    found = SPEC.score(cfg, data, outputs, None)
+    assert found["metrics"]["bleu"] == pytest.approx(metrics.bleu(hyps, MULTI_REFS)["bleu"])
+    assert found["metrics"]["chrf"] == pytest.approx(metrics.chrf(hyps, MULTI_REFS)["chrf"])
+    assert found["metrics"]["rougeL"] == pytest.approx(metrics.rouge(hyps, MULTI_REFS)["rougeL"])
+    assert "nrefs:var" in found["report"]["bleu_signature"]
 
 
 @pytest.mark.parametrize(

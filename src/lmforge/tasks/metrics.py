@@ -172,23 +172,59 @@ def bleu_tokenizer(references: Sequence[str]) -> str:
     return "zh" if sample and cjk > 0.3 * len(sample.replace(" ", "")) else "13a"
 
 
-def bleu(
-    hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str = "auto", lowercase: bool = False
-) -> dict[str, Any]:
-    """Corpus BLEU (×100) by sacreBLEU, one reference per hypothesis, with its signature.
+References = Sequence[str | Sequence[str]]  # per hypothesis: one reference, or several
 
-    Detokenised text in, as the `sacrebleu` command takes it: `sacrebleu ref.txt -i hyp.txt` prints
-    the same score. `lowercase` with the default 13a tokenizer gives the "tokenised, lowercased"
-    BLEU many papers report (`sacrebleu -lc`); it is not comparable to cased BLEU.
+
+def _reference_sets(hypotheses: Sequence[str], references: References) -> list[tuple[str, ...]]:
+    """Each hypothesis' references as a tuple: a string is one reference, a sequence several.
+
+    Checked here once so that BLEU, chrF and ROUGE refuse the same inputs with the same words.
     """
     if len(hypotheses) != len(references):
         raise LmforgeError(f"{len(hypotheses)} hypotheses for {len(references)} references")
     if not references:
         raise LmforgeError("no examples to score")
+    sets = []
+    for i, refs in enumerate(references):
+        group = (refs,) if isinstance(refs, str) else tuple(refs)
+        if not group or not all(isinstance(r, str) for r in group):
+            raise LmforgeError(
+                f"example {i}: references must be a string or a non-empty list of strings, not {refs!r}"
+            )
+        sets.append(group)
+    return sets
+
+
+def _reference_streams(sets: Sequence[tuple[str, ...]]) -> list[list[str | None]]:
+    """sacreBLEU's multi-reference input: stream k holds every example's k-th reference.
+
+    An example with fewer references than the most has None in the streams it lacks: sacreBLEU
+    drops None references (`Metric._cache_references`), so it is scored against the ones it has
+    and the signature says `nrefs:var`. An empty string would not do: it is a reference of length
+    0, which BLEU's closest-length brevity penalty can pick.
+    """
+    width = max(len(refs) for refs in sets)
+    return [[refs[k] if k < len(refs) else None for refs in sets] for k in range(width)]
+
+
+def bleu(
+    hypotheses: Sequence[str], references: References, *, tokenize: str = "auto", lowercase: bool = False
+) -> dict[str, Any]:
+    """Corpus BLEU (×100) by sacreBLEU, against one or several references per hypothesis, with its
+    signature.
+
+    Detokenised text in, as the `sacrebleu` command takes it: `sacrebleu ref.txt -i hyp.txt` prints
+    the same score, and `sacrebleu ref1.txt ref2.txt -i hyp.txt` the same multi-reference one (an
+    n-gram counts up to its most frequent use in any reference; the brevity penalty takes the
+    reference length closest to the hypothesis'). `lowercase` with the default 13a tokenizer gives
+    the "tokenised, lowercased" BLEU many papers report (`sacrebleu -lc`); it is not comparable to
+    cased BLEU.
+    """
+    sets = _reference_sets(hypotheses, references)
     sb = _require("sacrebleu", "seq2seq")
-    tok = bleu_tokenizer(references) if tokenize == "auto" else tokenize
+    tok = bleu_tokenizer([refs[0] for refs in sets]) if tokenize == "auto" else tokenize
     metric = sb.metrics.BLEU(tokenize=tok, lowercase=lowercase)
-    result = metric.corpus_score(list(hypotheses), [list(references)])
+    result = metric.corpus_score(list(hypotheses), _reference_streams(sets))
     return {
         "bleu": float(result.score),
         "signature": str(metric.get_signature()),
@@ -200,13 +236,16 @@ def bleu(
     }
 
 
-def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """Corpus chrF (×100, character n-grams up to 6, beta 2) by sacreBLEU, with its signature."""
-    if len(hypotheses) != len(references):
-        raise LmforgeError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+def chrf(hypotheses: Sequence[str], references: References) -> dict[str, Any]:
+    """Corpus chrF (×100, character n-grams up to 6, beta 2) by sacreBLEU, with its signature.
+
+    With several references, each hypothesis' statistics are those of its best-scoring reference
+    (sacreBLEU's multi-reference chrF, what `sacrebleu ref1 ref2 -i hyp -m chrf` prints).
+    """
+    sets = _reference_sets(hypotheses, references)
     sb = _require("sacrebleu", "seq2seq")
     metric = sb.metrics.CHRF()
-    result = metric.corpus_score(list(hypotheses), [list(references)])
+    result = metric.corpus_score(list(hypotheses), _reference_streams(sets))
     return {"chrf": float(result.score), "signature": str(metric.get_signature())}
 
 
@@ -221,26 +260,25 @@ class _CJKTokenizer:
         return self._TOKEN.findall(text.lower())
 
 
-def rouge(hypotheses: Sequence[str], references: Sequence[str], *, stemmer: bool = True) -> dict[str, float]:
+def rouge(hypotheses: Sequence[str], references: References, *, stemmer: bool = True) -> dict[str, float]:
     """Mean ROUGE-1/2/L/Lsum F1 (×100) by Google's rouge-score package.
 
-    rougeLsum treats newlines as sentence boundaries (the summary-level LCS of the CNN/DailyMail
-    papers); put one sentence per line to get it, otherwise it equals rougeL. Porter stemming is
-    on, as in those papers. Text with CJK characters is scored over characters (see `_CJKTokenizer`).
+    With several references, each hypothesis scores its best reference's F1, per ROUGE kind
+    (`RougeScorer.score_multi`; SciTLDR's evaluation takes this maximum). rougeLsum treats
+    newlines as sentence boundaries (the summary-level LCS of the CNN/DailyMail papers); put one
+    sentence per line to get it, otherwise it equals rougeL. Porter stemming is on, as in those
+    papers. Text with CJK characters is scored over characters (see `_CJKTokenizer`).
     """
-    if len(hypotheses) != len(references):
-        raise LmforgeError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    if not references:
-        raise LmforgeError("no examples to score")
+    sets = _reference_sets(hypotheses, references)
     scoring = _require("rouge_score.rouge_scorer", "seq2seq")
     kinds = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
-    cjk = bleu_tokenizer(references) == "zh"
+    cjk = bleu_tokenizer([refs[0] for refs in sets]) == "zh"
     scorer = scoring.RougeScorer(
         kinds, use_stemmer=stemmer and not cjk, tokenizer=_CJKTokenizer() if cjk else None
     )
     totals = dict.fromkeys(kinds, 0.0)
-    for hyp, ref in zip(hypotheses, references):
-        scores = scorer.score(ref, hyp)
+    for hyp, refs in zip(hypotheses, sets):
+        scores = scorer.score_multi(list(refs), hyp)
         for k in kinds:
             totals[k] += scores[k].fmeasure
-    return {k: 100.0 * v / len(references) for k, v in totals.items()}
+    return {k: 100.0 * v / len(sets) for k, v in totals.items()}

@@ -1,13 +1,14 @@
 """Sequence to sequence: translation and summarisation with an encoder-decoder.
 
 Examples are (source, target) pairs in any layout `lmforge.tasks.parallel` reads: two line-aligned
-files (`train.en,train.de`), TSV, or JSONL with `src_field` / `tgt_field`. Both sides are encoded
-with the run's one tokenizer (a joint vocabulary) and end in its end-of-text token; the decoder
-starts from its padding token (Marian's and T5's convention; the end-of-text token where there is
-no padding token). The loss is teacher-forced cross-entropy with label smoothing, padding
-ignored. Dev scores and predictions come from beam search (`lmforge.infer.beam`) over the whole
-file: sacreBLEU's BLEU (with its signature) and chrF, and ROUGE-1/2/L/Lsum. Predictions are one
-detokenised hypothesis per line, the file `sacrebleu REF -i HYP` reads.
+files (`train.en,train.de`), TSV, or JSONL with `src_field` / `tgt_field` (and `ref_field` for
+references other than the target). Both sides are encoded with the run's one tokenizer (a joint
+vocabulary) and end in its end-of-text token; the decoder starts from its padding token (Marian's
+and T5's convention; the end-of-text token where there is no padding token). The loss is
+teacher-forced cross-entropy with label smoothing, padding ignored. Dev scores and predictions
+come from beam search (`lmforge.infer.beam`) over the whole file: sacreBLEU's BLEU (with its
+signature) and chrF, and ROUGE-1/2/L/Lsum, each against all of a pair's references. Predictions
+are one detokenised hypothesis per line, the file `sacrebleu REF -i HYP` reads.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class _Pairs(list):
 
 
 def _read_pairs(cfg: FinetuneConfig, spec: str | Path) -> _Pairs:
-    text = read_parallel(spec, src_field=cfg.src_field, tgt_field=cfg.tgt_field)
+    text = read_parallel(spec, src_field=cfg.src_field, tgt_field=cfg.tgt_field, ref_field=cfg.ref_field)
     pairs = _Pairs(text.pairs)
     pairs.notes = text.notes()
     return pairs
@@ -146,8 +147,9 @@ class Seq2SeqTask:
     summary = "translation / summarisation with an encoder-decoder (aligned files, TSV or JSONL pairs)"
     default_metric = "bleu"
     metrics = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
-    options = ("src_field", "tgt_field", "label_smoothing", "beam", "length_penalty", "max_new_tokens",
-               "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize", "decoder_start")  # fmt: skip
+    options = ("src_field", "tgt_field", "ref_field", "label_smoothing", "beam", "length_penalty",
+               "max_new_tokens", "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize",
+               "decoder_start")  # fmt: skip
     label_key = "target_ids"
     length_sorted = True
 
@@ -227,7 +229,7 @@ class Seq2SeqTask:
 
     def score(self, cfg: FinetuneConfig, data: TaskData, outputs: dict, labels: LabelMap) -> dict[str, Any]:
         hyps = self._hypotheses(data, outputs)
-        refs = [p.tgt for p in data.examples]
+        refs = [p.references for p in data.examples]  # several per pair for multi-reference sets
         b = metrics.bleu(hyps, refs, tokenize=cfg.bleu_tokenize)
         lc = metrics.bleu(hyps, refs, tokenize=cfg.bleu_tokenize, lowercase=True)
         c = metrics.chrf(hyps, refs)
