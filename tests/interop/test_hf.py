@@ -238,8 +238,8 @@ def test_export_names_the_blocking_field(tmp_path, tokenizer, change, field):
 def test_import_errors(tmp_path, tokenizer):
     with pytest.raises(LmforgeError, match=r"config\.json: file not found"):
         import_hf(tmp_path)
-    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
-    with pytest.raises(LmforgeError, match="model_type='t5' is not supported"):
+    (tmp_path / "config.json").write_text('{"model_type": "longt5"}')
+    with pytest.raises(LmforgeError, match="model_type='longt5' is not supported"):
         import_hf(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(LmforgeError, match="no 'vocab_size' entry, which a bert config needs"):

@@ -339,10 +339,49 @@ def test_export_names_the_blocking_field(tmp_path, tokenizer, change, field):
         export_hf(build_model(cfg), tokenizer, tmp_path)
 
 
+def t5_checkpoint(**kw):
+    """A tiny random T5ForConditionalGeneration, every parameter perturbed."""
+    cfg = dict(vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=1,
+               relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
+               pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, **kw)  # fmt: skip
+    torch.manual_seed(0)
+    return randomised(transformers.T5ForConditionalGeneration(transformers.T5Config(**cfg))).eval()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(feed_forward_proj="relu"),
+        dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+        dict(feed_forward_proj="gated-silu"),
+    ],
+)
+def test_t5_import_matches_transformers(tmp_path, tokenizer, kw):
+    hf = t5_checkpoint(**kw)
+    boost_eos(hf.get_output_embeddings().weight, 2.0)
+    hf.save_pretrained(tmp_path)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    ours, _ = import_hf(tmp_path)
+    cfg = ours.config
+    assert (cfg.position, cfg.attn_scale, cfg.norm, cfg.bias) == ("t5", 1.0, "rmsnorm", False)
+    assert cfg.head_scale == (1.0 if kw.get("tie_word_embeddings") is False else 32**-0.5)
+    assert_same_logits(ours, hf, PAD)
+    beam = BeamConfig(
+        num_beams=4, max_new_tokens=10, length_penalty=0.8, early_stopping=False, no_repeat_ngram_size=2
+    )
+    expected = our_beam(ours, beam, PAD)
+    if kw["feed_forward_proj"] == "relu":  # (the gated random models never rank eos first)
+        assert len({len(h) for h in expected}) > 1, expected
+    assert hf_beam(hf, beam, decoder_start_token_id=PAD, eos_token_id=EOS, pad_token_id=PAD) == expected
+
+
 def test_t5_and_mismatched_checkpoints_are_refused(tmp_path, tokenizer):
-    (tmp_path / "config.json").write_text('{"model_type": "t5", "d_model": 32}')
-    with pytest.raises(LmforgeError, match="T5 import is not supported yet"):
+    (tmp_path / "config.json").write_text('{"model_type": "umt5", "d_model": 32}')
+    with pytest.raises(LmforgeError, match="model_type='umt5' is not supported: lmforge imports T5 and mT5"):
         import_hf(tmp_path)
+    transformers.T5Config(d_model=32, d_kv=4, num_heads=4).save_pretrained(tmp_path / "narrow")
+    with pytest.raises(LmforgeError, match="num_heads=4 x d_kv=4 = 16 differs from d_model=32"):
+        import_hf(tmp_path / "narrow")
     transformers.MarianConfig(d_model=32, activation_function="swish").save_pretrained(tmp_path / "swish")
     with pytest.raises(LmforgeError, match="activation_function='swish' is not supported"):
         import_hf(tmp_path / "swish")

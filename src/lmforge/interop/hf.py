@@ -8,7 +8,8 @@ The layouts map onto ours tensor for tensor:
   imports the same way. Our RoPE uses Llama's rotate-half layout, so q/k need no permutation; our
   fused qkv matrix is simply q_proj, k_proj and v_proj stacked.
 * BERT (post-norm encoder) <-> `BertForPreTraining` / `BertForMaskedLM`; see `hf_bert`.
-* The encoder-decoder <-> BART / Marian / Pegasus / mBART (`AutoModelForSeq2SeqLM`); see `hf_seq2seq`.
+* The encoder-decoder <-> BART / Marian / Pegasus / mBART (`AutoModelForSeq2SeqLM`); see `hf_seq2seq`;
+  T5 and mT5 -> the encoder-decoder, see `hf_t5`.
 
 Export writes the files `AutoModelForCausalLM` and `AutoTokenizer` read (config.json,
 model.safetensors, tokenizer.json, tokenizer_config.json, special_tokens_map.json,
@@ -54,6 +55,11 @@ def _export_layout(cfg: ModelConfig) -> str:
         )
     if cfg.norm_position != "pre":
         raise LmforgeError("model.norm_position='post' cannot be exported; GPT-2 and Llama are pre-norm")
+    if cfg.attn_scale is not None:
+        raise LmforgeError(
+            f"model.attn_scale={cfg.attn_scale} cannot be exported; GPT-2 and Llama scale by 1/sqrt(head_dim) "
+            "(attn_scale=null)"
+        )
     if cfg.norm == "layernorm":  # GPT-2
         if cfg.position != "learned":
             raise LmforgeError(
@@ -540,7 +546,7 @@ def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:
     else:
         raise LmforgeError(
             f"{d / 'config.json'}: model_type={model_type!r} is not supported; lmforge imports "
-            f"gpt2, bert, {', '.join(_LLAMA_LIKE)} and the encoder-decoders {', '.join(hf_seq2seq.LAYOUTS)}"
+            f"gpt2, bert, {', '.join(_LLAMA_LIKE)} and the encoder-decoders {', '.join(hf_seq2seq.LAYOUTS)}, t5, mt5"
         )
 
     hf_sd = _read_weights(d)

@@ -44,8 +44,7 @@ RMSNorm, SwiGLU, no biases, grouped-query heads, another norm eps) is refused, n
 
 An export writes config.json, model.safetensors, the tokenizer files, and a generation_config.json
 with the decoder's start token (our convention: the padding token, else end-of-text) and, for a
-fine-tuned seq2seq model, its beam settings. T5 is not imported: its relative position buckets
-and unscaled attention have no equivalent here yet.
+fine-tuned seq2seq model, its beam settings. T5 and mT5 checkpoints are imported by `hf_t5`.
 """
 
 from __future__ import annotations
@@ -125,6 +124,14 @@ def layout_of(cfg: ModelConfig) -> Layout:
     if cfg.norm != "layernorm":
         raise LmforgeError(
             f"model.norm={cfg.norm!r} cannot be exported: BART-family layers use norm=layernorm"
+        )
+    if cfg.attn_scale is not None or cfg.head_scale != 1.0:
+        field = (
+            f"attn_scale={cfg.attn_scale}" if cfg.attn_scale is not None else f"head_scale={cfg.head_scale}"
+        )
+        raise LmforgeError(
+            f"model.{field} cannot be exported: BART-family attention scales by 1/sqrt(head_dim) and "
+            "the output layer reads the decoder's states as they are; use attn_scale=null, head_scale=1"
         )
     if cfg.activation not in _ACT:
         raise LmforgeError(
@@ -506,7 +513,9 @@ def import_seq2seq(d: Path, c: dict[str, Any]) -> tuple[EncoderDecoder, Any]:
     where = d / "config.json"
     model_type = c.get("model_type")
     if model_type in T5_TYPES:
-        raise LmforgeError(t5_refusal(where, model_type))
+        from lmforge.interop.hf_t5 import import_t5
+
+        return import_t5(d, c)
     layout = LAYOUTS[str(model_type)]
     try:
         fields = _config_fields(c, where, layout)
@@ -540,14 +549,6 @@ def import_seq2seq(d: Path, c: dict[str, Any]) -> tuple[EncoderDecoder, Any]:
             f"{cfg.vocab_size}; the tokenizer does not belong to this model"
         )
     return model.eval(), tokenizer
-
-
-def t5_refusal(where: Path, model_type: str) -> str:
-    return (
-        f"{where}: model_type={model_type!r} is not supported: T5 import is not supported yet (its relative "
-        f"position buckets and unscaled attention have no lmforge equivalent); lmforge imports the "
-        f"encoder-decoders {', '.join(LAYOUTS)}"
-    )
 
 
 def run_config(d: Path, c: dict[str, Any]) -> dict[str, Any]:

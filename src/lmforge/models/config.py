@@ -51,8 +51,15 @@ class ModelConfig:
     relative_buckets: int = 32
     relative_max_distance: int = 128
     rope_theta: float = 10000.0  # RoPE base frequency
-    # gelu: exact erf GELU; gelu_tanh: GPT-2's approximation; swiglu: gated (Llama).
-    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu"] = "gelu_tanh"
+    # gelu: exact erf GELU; gelu_tanh: GPT-2's approximation; swiglu: gated by SiLU (Llama);
+    # geglu: gated by the tanh GELU (T5 v1.1's "gated-gelu").
+    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = "gelu_tanh"
+    # Attention scores are q.k times this; None means 1/sqrt(head_dim). T5 uses 1 (its
+    # initialisation folds the scaling into the query weights).
+    attn_scale: float | None = None
+    # encoder-decoder: the decoder's final hidden states are multiplied by this before the output
+    # layer (T5 with tied embeddings: d_model^-0.5).
+    head_scale: float = 1.0
     # Biases in linear layers and norms (GPT-2: true; Llama: false).
     bias: bool = True
     # Share the input embedding with the output projection (saves vocab*d_model parameters).
@@ -111,7 +118,7 @@ class ModelConfig:
         if self.emb_dropout is not None and not 0.0 <= self.emb_dropout < 1.0:
             raise ValueError(f"emb_dropout must be in [0, 1), got {self.emb_dropout}")
         if self.arch != "encoder-decoder":
-            for name, unset in (("emb_norm", None), ("head_bias", False)):
+            for name, unset in (("emb_norm", None), ("head_bias", False), ("head_scale", 1.0)):
                 if getattr(self, name) != unset:
                     raise ValueError(
                         f"{name}={getattr(self, name)} applies to arch=encoder-decoder only, not {self.arch}"
@@ -143,6 +150,6 @@ class ModelConfig:
     def ff_dim(self) -> int:
         if self.d_ff:
             return self.d_ff
-        if self.activation == "swiglu":
+        if self.activation in ("swiglu", "geglu"):
             return 64 * ((int(8 * self.d_model / 3) + 63) // 64)
         return 4 * self.d_model

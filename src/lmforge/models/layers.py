@@ -320,6 +320,7 @@ class Attention(nn.Module):
                 self.v = nn.Linear(d, nkv, bias=cfg.bias)
         self.proj = nn.Linear(nq, d, bias=cfg.bias)
         self.dropout = cfg.dropout
+        self.scale = cfg.attn_scale  # None: SDPA's 1/sqrt(head_dim)
         self.resid_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     # ------------------------------------------------------------ projections
@@ -479,6 +480,7 @@ class Attention(nn.Module):
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
+            scale=self.scale,
             **gqa,
         )
 
@@ -540,12 +542,14 @@ def make_activation(name: str) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: fc -> activation -> proj, or SwiGLU's down(silu(gate) * up)."""
+    """Position-wise feed-forward: fc -> activation -> proj, or the gated down(act(gate) * up) of
+    SwiGLU (act = SiLU) and GEGLU (act = the tanh GELU)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, ff = cfg.d_model, cfg.ff_dim
-        self.gated = cfg.activation == "swiglu"
+        self.gated = cfg.activation in ("swiglu", "geglu")
+        self.gate_act = F.silu if cfg.activation == "swiglu" else gelu_tanh
         if self.gated:
             self.gate = nn.Linear(d, ff, bias=cfg.bias)
             self.up = nn.Linear(d, ff, bias=cfg.bias)
@@ -558,7 +562,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
+            return self.drop(self.down(self.gate_act(self.gate(x)) * self.up(x)))
         return self.drop(self.proj(self.act(self.fc(x))))
 
 

@@ -89,7 +89,8 @@ class EncoderDecoder(nn.Module):
         *,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Target ids (B, T) over the memory -> the decoder's final hidden states (B, T, d_model).
+        """Target ids (B, T) over the memory -> the decoder's final hidden states (B, T, d_model),
+        times `head_scale`, as the output layer reads them.
 
         With a `cache`, tgt holds the positions after the cached ones (the decoder's start token,
         then one token per step) and their keys/values are appended; the memory's cross keys and
@@ -111,7 +112,7 @@ class EncoderDecoder(nn.Module):
         )  # fmt: skip
         if cache is not None:
             cache.length += T
-        return x
+        return x if self.config.head_scale == 1.0 else x * self.config.head_scale
 
     def forward(
         self,
