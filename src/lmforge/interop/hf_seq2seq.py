@@ -526,9 +526,17 @@ def import_seq2seq(d: Path, c: dict[str, Any]) -> tuple[EncoderDecoder, Any]:
         ) from None
     except ValueError as e:
         raise LmforgeError(f"{where}: {e}") from None
-    hf_sd = _with_prefix(_read_weights(d))
+    return build_imported(d, str(model_type), fields, lambda hf: from_hf(_with_prefix(hf), fields, layout, c))
+
+
+def build_imported(
+    d: Path, model_type: str, fields: dict[str, Any], convert: Any
+) -> tuple[EncoderDecoder, Any]:
+    """The checkpoint in `d` as our EncoderDecoder (float32, eval mode) and tokenizer: `convert`
+    maps its tensors to (our tensors, the config fields they decide, tensors left unused); a
+    missing or an unused tensor, or a tokenizer larger than the vocabulary, is refused."""
     try:
-        sd, decided, unused = from_hf(hf_sd, fields, layout, c)
+        sd, decided, unused = convert(_read_weights(d))
     except KeyError as e:
         raise LmforgeError(
             f"{d}: the weights lack tensor {e.args[0]!r} that config.json implies; the checkpoint is "
@@ -537,12 +545,12 @@ def import_seq2seq(d: Path, c: dict[str, Any]) -> tuple[EncoderDecoder, Any]:
     if unused:
         raise LmforgeError(
             f"{d}: the weights hold {len(unused)} tensor(s) a {model_type} model does not use, such as "
-            f"{unused[0]!r}; the checkpoint was trained with another layout than its model_type"
+            f"{unused[0]!r}; the checkpoint was trained with another layout than its config says"
         )
-    cfg = ModelConfig(**fields, **decided)
+    cfg = ModelConfig(**{**fields, **decided})
     model = EncoderDecoder(cfg)
     load_tensors(model, {k: v.float() for k, v in sd.items()}, str(d))
-    tokenizer = _read_tokenizer(d, str(model_type))
+    tokenizer = _read_tokenizer(d, model_type)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise LmforgeError(
             f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size="
@@ -575,6 +583,7 @@ def run_config(d: Path, c: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "LAYOUTS",
     "Layout",
+    "build_imported",
     "export_seq2seq",
     "fixed_table",
     "from_hf",

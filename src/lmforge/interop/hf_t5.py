@@ -37,10 +37,9 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.interop.hf import _read_tokenizer, _read_weights
+from lmforge.interop.hf_seq2seq import build_imported
 from lmforge.models.config import ModelConfig
 from lmforge.models.seq2seq import EncoderDecoder
-from lmforge.models.weights import load_tensors
 
 SUPPORTED = ("t5", "mt5")
 # T5's feed_forward_proj -> our activation.
@@ -181,28 +180,7 @@ def import_t5(d: Path, c: dict[str, Any]) -> tuple[EncoderDecoder, Any]:
         ) from None
     except ValueError as e:
         raise LmforgeError(f"{where}: {e}") from None
-    hf_sd = _read_weights(d)
-    try:
-        sd, decided, unused = from_t5(hf_sd, fields)
-    except KeyError as e:
-        raise LmforgeError(
-            f"{d}: the weights lack tensor {e.args[0]!r} that config.json implies; the checkpoint is "
-            "incomplete or its config does not match it"
-        ) from None
-    if unused:
-        raise LmforgeError(
-            f"{d}: the weights hold {len(unused)} tensor(s) a {model_type} model does not use, such as "
-            f"{unused[0]!r}; the checkpoint was trained with another layout than its config says"
-        )
-    model = EncoderDecoder(ModelConfig(**{**fields, **decided}))
-    load_tensors(model, {k: v.float() for k, v in sd.items()}, str(d))
-    tokenizer = _read_tokenizer(d, model_type)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise LmforgeError(
-            f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size="
-            f"{model.config.vocab_size}; the tokenizer does not belong to this model"
-        )
-    return model.eval(), tokenizer
+    return build_imported(d, model_type, fields, lambda hf: from_t5(hf, fields))
 
 
 __all__ = ["SUPPORTED", "from_t5", "import_t5"]
