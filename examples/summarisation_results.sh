@@ -7,13 +7,14 @@
 #   bash examples/summarisation_results.sh                 # the recipe of RESULTS.md, on CPU
 #   PRETRAIN_STEPS=5000 EPOCHS=20 bash examples/summarisation_results.sh --train.device cuda
 #
-# Extra arguments go to every pretrain/finetune command. Everything lands in $OUT (runs/summ); the
-# last line printed is the test scores of both runs as JSON.
+# Extra arguments go to every pretrain/finetune command. Everything lands in $OUT (runs/summ); a
+# finished step (its run's summary.json) is not redone, so a stopped script picks up where it was.
+# The last line printed is the test scores of both runs as JSON.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/summ}
 LMF=${LMF:-lmforge}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-450}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1200}
 EPOCHS=${EPOCHS:-5}
 D=$DATA/scitldr
 EXTRA=("$@")
@@ -31,7 +32,7 @@ PY
 ARCH=(--model.arch encoder-decoder --model.n_layer 3 --model.n_dec_layer 3 --model.n_head 4 --model.d_model 256
       --model.d_ff 1024 --model.max_len 512 --model.norm_position pre --model.position sinusoidal
       --model.scale_embeddings true --model.init_std 0.0625 --model.activation relu --model.dropout 0.1)
-$LMF pretrain --objective span --data "$OUT/corpus" --out "$OUT/t5" "${ARCH[@]}" --tokenizer.kind unigram \
+[ -f "$OUT/t5/summary.json" ] || $LMF pretrain --objective span --data "$OUT/corpus" --out "$OUT/t5" "${ARCH[@]}" --tokenizer.kind unigram \
     --tokenizer.vocab_size 8000 --prep.txt_unit line --train.seq_len 256 --train.batch_size 16 \
     --train.max_steps "$PRETRAIN_STEPS" --train.warmup_steps 100 --train.lr 1e-3 \
     --train.eval_every "$PRETRAIN_STEPS" --train.save_every 150 "${EXTRA[@]}"
@@ -41,9 +42,9 @@ RECIPE=(--train "$D/train.jsonl" --dev "$D/dev.jsonl" --src_field source --tgt_f
         --epochs "$EPOCHS" --max_tokens 4096 --label_smoothing 0.1 --beam 4 --max_new_tokens 64
         --no_repeat_ngram 3 --train.lr 1e-3 --train.warmup_steps 100 --train.schedule inverse_sqrt
         --train.beta2 0.98 --train.weight_decay 0.0001 --train.select_metric rougeL --train.eval_every 100000)
-$LMF finetune seq2seq --config configs/mt-tiny.yaml --architecture.max_len 512 --tokenizer "$OUT/t5/tokenizer.json" \
+[ -f "$OUT/scratch/summary.json" ] || $LMF finetune seq2seq --config configs/mt-tiny.yaml --architecture.max_len 512 --tokenizer "$OUT/t5/tokenizer.json" \
     --out "$OUT/scratch" "${RECIPE[@]}" "${EXTRA[@]}"
-$LMF finetune seq2seq --model "$OUT/t5" --out "$OUT/pretrained" "${RECIPE[@]}" "${EXTRA[@]}"
+[ -f "$OUT/pretrained/summary.json" ] || $LMF finetune seq2seq --model "$OUT/t5" --out "$OUT/pretrained" "${RECIPE[@]}" "${EXTRA[@]}"
 
 for run in scratch pretrained; do
     $LMF evaluate "$OUT/$run" --data "$D/test.jsonl" --json | tail -1 > "$OUT/$run.test.json"

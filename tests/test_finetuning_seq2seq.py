@@ -212,6 +212,61 @@ def test_a_killed_seq2seq_run_resumes_to_the_same_weights(corpus, tmp_path, monk
         assert torch.equal(a[name], b[name]), name
 
 
+def test_two_tokenizers_give_the_sources_a_vocabulary_of_their_own(corpus, tmp_path):
+    """--src_tokenizer: English through its own vocabulary into the encoder, German through the
+    target one; both files travel with the run (and its average), hashed in run.json."""
+    from lmforge.run import check_run_tokenizer
+    from lmforge.tokenizer import Tokenizer
+
+    src_tok, tgt_tok = tmp_path / "en.json", tmp_path / "de.json"
+    for side, path in (("train_src", src_tok), ("train_ref", tgt_tok)):
+        lmforge.train_tokenizer(
+            str(corpus[side]), kind="word", vocab_size=200, out=str(path), min_frequency=1
+        )
+    en, de = Tokenizer.load(src_tok), Tokenizer.load(tgt_tok)
+    assert en.encode("dog") != de.encode("dog")  # "dog" is an English word only
+    run = tmp_path / "mt2"
+    with pytest.raises(LmforgeError, match="share_embeddings false"):
+        _train(corpus, run, tokenizer=str(tgt_tok), src_tokenizer=str(src_tok))
+    result = _train(
+        corpus,
+        run,
+        tokenizer=str(tgt_tok),
+        src_tokenizer=str(src_tok),
+        **{"architecture.share_embeddings": False},
+    )
+    assert result.best_score > 60
+    assert json.loads((run / "run.json").read_text())["source_tokenizer_sha256"] == en.sha256
+    task = lmforge.load(str(run))
+    assert task.source_tokenizer.sha256 == en.sha256 and task.tokenizer.sha256 == de.sha256
+    encoder_rows = task.model.model.encoder.tok_emb.weight.shape[0]
+    assert encoder_rows == task.model.config.src_vocab_size == 64 * -(-en.vocab_size // 64)
+    assert lmforge.info(str(run))["source_tokenizer_vocab"] == en.vocab_size
+    out = lmforge.translate(task, ["the dog runs", "a cat sleeps in park"], beam=2)
+    assert out[0].lower().startswith("der hund") and "katze" in out[1].lower()
+    lmforge.average(str(run), tmp_path / "avg", last=1)
+    assert (
+        lmforge.translate(str(tmp_path / "avg"), ["the dog runs"], beam=2)[0].lower().startswith("der hund")
+    )
+    with pytest.raises(LmforgeError, match="source tokenizer differs"):
+        check_run_tokenizer(run, de, "x", source_tokenizer=de)
+    with pytest.raises(LmforgeError, match="source tokenizer differs"):
+        check_run_tokenizer(run, de, "x")
+    (run / "source_tokenizer.json").write_text(
+        (tmp_path / "de.json").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    with pytest.raises(LmforgeError, match=r"source_tokenizer\.json: not the source tokenizer"):
+        lmforge.load(str(run))
+    with pytest.raises(LmforgeError, match="--src_tokenizer applies to finetune seq2seq only"):
+        finetune(
+            task="classify",
+            model=str(run),
+            src_tokenizer=str(src_tok),
+            train_file="x.tsv",
+            out=str(tmp_path / "c"),
+        )
+
+
 def test_bad_requests_say_what_to_do(corpus, tmp_path):
     with pytest.raises(LmforgeError, match="--from_scratch true with --tokenizer"):
         finetune(task="seq2seq", train_file=corpus["train"], out=str(tmp_path / "x"))

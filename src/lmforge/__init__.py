@@ -191,6 +191,9 @@ def info(run: Any) -> dict[str, Any]:
         "tokenizer_vocab": loaded.tokenizer.vocab_size,
         "model": to_dict(model_config),
     }
+    source_tokenizer = getattr(loaded, "source_tokenizer", None)
+    if source_tokenizer is not None:  # a seq2seq run with two vocabularies
+        result["source_tokenizer_vocab"] = source_tokenizer.vocab_size
     summary = Path(loaded.run_dir) / "summary.json"
     if summary.is_file():
         from lmforge.utils.io import read_json
@@ -335,7 +338,7 @@ def export_hf(
         if Path(out).resolve() == Path(seq2seq.run_dir).resolve():
             raise LmforgeError(f"export hf {out}: that is the run being exported; give another output folder")
         claim_output_folder(out, overwrite=overwrite, what="export hf")
-        path = write_hf(seq2seq.model, seq2seq.tokenizer, out)
+        path = write_hf(seq2seq.model, seq2seq.tokenizer, out, source_tokenizer=seq2seq.source_tokenizer)
         return {"out": str(path), "load_with": "AutoModelForSeq2SeqLM"}
     lm = _language_model(run, "cpu")
     if Path(out).resolve() == Path(lm.run_dir).resolve():

@@ -107,6 +107,9 @@ class FinetuneConfig:
     # checkpoint's decoder_start_token_id), else the tokenizer's padding token (else end-of-text)
     decoder_start: int = -1
     tokenizer: str = ""  # --from_scratch without --model: the tokenizer.json of the new model
+    # seq2seq --from_scratch without --model: a separate tokenizer.json for the sources (two
+    # vocabularies; --tokenizer then encodes and decodes the targets); none = --tokenizer for both
+    src_tokenizer: str = ""
     # --from_scratch without --model: the model to build (its vocab_size 0 = the tokenizer's)
     architecture: ModelConfig = field(
         default_factory=lambda: ModelConfig(
@@ -162,18 +165,24 @@ def build_config(
 
 def load_backbone(
     source: str | Path, *, from_scratch: bool = False, architecture: ModelConfig | None = None,
-    tokenizer: str | Path = "",
+    tokenizer: str | Path = "", source_tokenizer: Any = None,
 ) -> tuple[Backbone, Any, dict[str, Any]]:  # fmt: skip
     """(backbone, tokenizer, the source's config dict) from a run directory or a Hugging Face directory.
 
     `from_scratch` keeps the architecture and tokenizer but not the weights: the baseline that
     shows what pretraining is worth. Without a source, `from_scratch` builds `architecture` over
-    the `tokenizer` file (a translation model trained from nothing).
+    the `tokenizer` file (a translation model trained from nothing), with an encoder vocabulary of
+    its own when a (loaded) `source_tokenizer` is given.
     """
     from lmforge.models import build_model
 
     if not str(source):
-        return _new_backbone(architecture or ModelConfig(), tokenizer)
+        return _new_backbone(architecture or ModelConfig(), tokenizer, source_tokenizer)
+    if source_tokenizer is not None:
+        raise LmforgeError(
+            "--src_tokenizer builds a new model's source vocabulary, so it needs --from_scratch true without "
+            "--model (a pretrained model keeps the vocabulary it was trained with)"
+        )
     src = Path(source)
     if not src.is_dir():
         raise LmforgeError(
@@ -213,9 +222,10 @@ def load_backbone(
 
 
 def _new_backbone(
-    architecture: ModelConfig, tokenizer_file: str | Path
+    architecture: ModelConfig, tokenizer_file: str | Path, source_tokenizer: Any = None
 ) -> tuple[Backbone, Any, dict[str, Any]]:
-    """A freshly initialised `architecture` (vocab_size 0: the tokenizer's, rounded up to 64)."""
+    """A freshly initialised `architecture` (vocab_size 0: the tokenizer's, rounded up to 64; with
+    a source tokenizer, src_vocab_size 0 likewise the source's)."""
     from lmforge.models import build_model
     from lmforge.run import check_vocab
     from lmforge.tokenizer import Tokenizer
@@ -223,14 +233,65 @@ def _new_backbone(
     if not str(tokenizer_file):
         raise LmforgeError("--from_scratch without --model needs --tokenizer: the tokenizer.json to build on")
     tokenizer = Tokenizer.load(tokenizer_file)
-    if architecture.vocab_size == 0:
-        rows = 64 * math.ceil(tokenizer.vocab_size / 64)
-        architecture = from_dict(
-            ModelConfig, {**to_dict(architecture), "vocab_size": rows}, prefix="architecture."
-        )
+    sizes = {"vocab_size": 64 * math.ceil(tokenizer.vocab_size / 64)} if architecture.vocab_size == 0 else {}
+    if source_tokenizer is not None:
+        if architecture.share_embeddings:
+            raise LmforgeError(
+                "--src_tokenizer gives the sources a vocabulary of their own, which one shared embedding "
+                "cannot hold; add --architecture.share_embeddings false"
+            )
+        if architecture.src_vocab_size == 0:
+            sizes["src_vocab_size"] = 64 * math.ceil(source_tokenizer.vocab_size / 64)
+    if sizes:
+        architecture = from_dict(ModelConfig, {**to_dict(architecture), **sizes}, prefix="architecture.")
     check_vocab(architecture, tokenizer, f"--architecture.vocab_size={architecture.vocab_size}")
+    if source_tokenizer is not None:
+        _check_source_vocab(architecture, source_tokenizer, tokenizer)
     torch.manual_seed(0)
     return Backbone(build_model(architecture).train()), tokenizer, {"architecture": to_dict(architecture)}
+
+
+def _check_source_vocab(architecture: ModelConfig, source_tokenizer: Any, tokenizer: Any) -> None:
+    """The encoder's embedding must hold every source id, and the padding id batches are padded with."""
+    rows = architecture.source_vocab
+    if source_tokenizer.vocab_size > rows:
+        raise LmforgeError(
+            f"--src_tokenizer has {source_tokenizer.vocab_size} tokens but --architecture.src_vocab_size={rows}; "
+            "raise it, or leave it 0 to size it so"
+        )
+    if source_tokenizer.eos_id is None:
+        raise LmforgeError(
+            "--src_tokenizer has no end-of-text token, which every source ends in; train it with lmforge "
+            "tokenizer train (it adds the special tokens)"
+        )
+    pad = specials_of(tokenizer, "encoder-decoder").pad
+    if pad >= rows:
+        raise LmforgeError(
+            f"the target tokenizer's padding id {pad} is outside the source vocabulary ({rows} rows); "
+            "train both tokenizers with lmforge tokenizer train, which gives their special tokens the same ids"
+        )
+
+
+def load_source_tokenizer(cfg: FinetuneConfig) -> Any:
+    """The separate source tokenizer `--src_tokenizer` names (seq2seq only), or None."""
+    if not cfg.src_tokenizer:
+        return None
+    if cfg.task != "seq2seq":
+        raise LmforgeError(f"--src_tokenizer applies to finetune seq2seq only, not {cfg.task}")
+    from lmforge.tokenizer import Tokenizer
+
+    return Tokenizer.load(cfg.src_tokenizer)
+
+
+def featurize(
+    spec: TaskSpec, cfg: FinetuneConfig, path: Path, examples: list[Any], tokenizer: Any, specials: Specials,
+    labels: LabelMap, max_len: int, *, with_labels: bool = True, source_tokenizer: Any = None,
+) -> TaskData:  # fmt: skip
+    """The task's features of `examples`; a seq2seq run's sources through its own tokenizer if it has one."""
+    extra = {"source_tokenizer": source_tokenizer} if source_tokenizer is not None else {}
+    return spec.featurize(
+        cfg, path, examples, tokenizer, specials, labels, max_len, with_labels=with_labels, **extra
+    )
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -424,19 +485,25 @@ def run_finetuning(
             run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
         )
         torch.manual_seed(tcfg.seed)
+        source_tokenizer = load_source_tokenizer(cfg)
         backbone, tokenizer, source_config = load_backbone(
-            cfg.model, from_scratch=cfg.from_scratch, architecture=cfg.architecture, tokenizer=cfg.tokenizer
-        )
+            cfg.model, from_scratch=cfg.from_scratch, architecture=cfg.architecture, tokenizer=cfg.tokenizer,
+            source_tokenizer=source_tokenizer,
+        )  # fmt: skip
         start = source_config.get("decoder_start_token_id")
         if cfg.task == "seq2seq" and cfg.decoder_start < 0 and start is not None:
             cfg.decoder_start = int(start)  # saved with the task config, so predictions start alike
         if resume:
-            check_run_tokenizer(run_dir, tokenizer, str(cfg.model))
+            check_run_tokenizer(
+                run_dir, tokenizer, str(cfg.model or cfg.tokenizer), source_tokenizer=source_tokenizer
+            )
         specials = specials_of(tokenizer, backbone.arch)
         max_len = cfg.max_len or backbone.config.max_len
         if max_len > backbone.config.max_len:
             raise LmforgeError(f"max_len={max_len} exceeds the backbone's max_len={backbone.config.max_len}")
-        train, dev, labels = _training_data(spec, cfg, run_dir, tokenizer, specials, max_len, resume=resume)
+        train, dev, labels = _training_data(
+            spec, cfg, run_dir, tokenizer, specials, max_len, resume=resume, source_tokenizer=source_tokenizer
+        )
         batches = TaskBatches(
             train.features, tcfg.batch_size, specials.pad, seed=tcfg.seed, group_by_length=cfg.group_by_length,
             max_tokens=cfg.max_tokens,
@@ -449,7 +516,7 @@ def run_finetuning(
         model = build_task_model(cfg, backbone, labels, weights, tokenizer)
         frozen = apply_freezing(model, cfg.freeze)
         if info.is_main:
-            write_task_run(run_dir, cfg, backbone.config, tokenizer, labels)
+            write_task_run(run_dir, cfg, backbone.config, tokenizer, labels, source_tokenizer)
         info.barrier()
         trainer = Trainer(
             model, batches, tcfg, run_dir, objective=objective, device=device, dist=info,
@@ -457,7 +524,8 @@ def run_finetuning(
             evaluator=_dev_evaluator(cfg, dev, labels, specials.pad, device),
             lr_scale=layer_lr_scale(model, cfg.layer_decay),
             run_record={"kind": "task", "config": task_run_config(cfg, backbone.config),
-                        "tokenizer_sha256": tokenizer.sha256},
+                        "tokenizer_sha256": tokenizer.sha256,
+                        "source_tokenizer_sha256": getattr(source_tokenizer, "sha256", None)},
         )  # fmt: skip
         if info.is_main and dev is not None and tcfg.eval_every == 0:
             print(
@@ -512,7 +580,7 @@ def _check_request(cfg: FinetuneConfig) -> None:
 
 def _training_data(
     spec: TaskSpec, cfg: FinetuneConfig, run_dir: Path, tokenizer: Any, specials: Specials, max_len: int,
-    *, resume: bool,
+    *, resume: bool, source_tokenizer: Any = None,
 ) -> tuple[TaskData, TaskData | None, LabelMap]:  # fmt: skip
     """The training and dev features and the label map (a resumed run keeps its saved one)."""
     train_path = Path(cfg.train_file)
@@ -520,11 +588,17 @@ def _training_data(
     if not train_examples:
         raise LmforgeError(f"{cfg.train_file}: no training examples")
     labels = LabelMap.load(run_dir / "labels.json") if resume else spec.build_labels(train_examples)
-    train = spec.featurize(cfg, train_path, train_examples, tokenizer, specials, labels, max_len)
+    st = source_tokenizer
+    train = featurize(
+        spec, cfg, train_path, train_examples, tokenizer, specials, labels, max_len, source_tokenizer=st
+    )
     dev = None
     if cfg.dev_file:
         dev_path = Path(cfg.dev_file)
-        dev = spec.featurize(cfg, dev_path, spec.read(cfg, dev_path), tokenizer, specials, labels, max_len)
+        dev_examples = spec.read(cfg, dev_path)
+        dev = featurize(
+            spec, cfg, dev_path, dev_examples, tokenizer, specials, labels, max_len, source_tokenizer=st
+        )
     for note in train.notes + (dev.notes if dev else []):
         print(f"note: {note}", file=sys.stderr, flush=True)
     return train, dev, labels
@@ -588,7 +662,8 @@ def write_dev_report(
 
 @dataclass
 class TaskRun:
-    """A loaded task run: the model with its head, tokenizer, labels and config."""
+    """A loaded task run: the model with its head, tokenizer, labels and config (and a seq2seq
+    run's separate source tokenizer, None with one joint vocabulary)."""
 
     model: nn.Module
     tokenizer: Any
@@ -596,6 +671,7 @@ class TaskRun:
     config: FinetuneConfig
     run_dir: Path
     device: torch.device
+    source_tokenizer: Any = None
 
     @property
     def pad_id(self) -> int:
@@ -615,13 +691,15 @@ def task_run_config(cfg: FinetuneConfig, model_config: ModelConfig) -> dict[str,
 
 
 def write_task_run(
-    run_dir: Path, cfg: FinetuneConfig, model_config: ModelConfig, tokenizer: Any, labels: LabelMap
-) -> None:
-    """What `load_task` reads back: the run's config (kind "task"), tokenizer.json and labels.json;
-    the weights come from the trainer's checkpoints."""
+    run_dir: Path, cfg: FinetuneConfig, model_config: ModelConfig, tokenizer: Any, labels: LabelMap,
+    source_tokenizer: Any = None,
+) -> None:  # fmt: skip
+    """What `load_task` reads back: the run's config (kind "task"), tokenizer.json (and a seq2seq
+    run's source_tokenizer.json) and labels.json; the weights come from the trainer's checkpoints."""
     from lmforge.run import write_run_config
 
-    write_run_config(run_dir, "task", task_run_config(cfg, model_config), tokenizer=tokenizer)
+    config = task_run_config(cfg, model_config)
+    write_run_config(run_dir, "task", config, tokenizer=tokenizer, source_tokenizer=source_tokenizer)
     labels.save(run_dir / "labels.json")
 
 
@@ -631,7 +709,7 @@ def load_task(
     """Load a fine-tuned task run (its head and labels included), ready for predict/evaluate."""
     from lmforge.models import build_model
     from lmforge.models.weights import load_weights
-    from lmforge.run import load_run_tokenizer, read_run
+    from lmforge.run import load_run_source_tokenizer, load_run_tokenizer, read_run
 
     info = read_run(run_dir)
     run_dir, data = info.path, info.config
@@ -643,13 +721,14 @@ def load_task(
     labels = LabelMap.load(run_dir / "labels.json")
     backbone = Backbone(build_model(from_dict(ModelConfig, data["model"], prefix="model.")))
     tokenizer = load_run_tokenizer(run_dir)
+    source_tokenizer = load_run_source_tokenizer(run_dir)
     model = build_task_model(cfg, backbone, labels, None, tokenizer)
     weights = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights.is_file():
         raise LmforgeError(f"{weights}: no weights yet; the run has not reached its first checkpoint")
     load_weights(model, weights)
     dev = torch.device(device)
-    return TaskRun(model.to(dev).eval(), tokenizer, labels, cfg, run_dir, dev)
+    return TaskRun(model.to(dev).eval(), tokenizer, labels, cfg, run_dir, dev, source_tokenizer)
 
 
 # ------------------------------------------------------------------------------------------- predict / evaluate
@@ -680,9 +759,10 @@ def _input_data(task: TaskRun, path: Path, *, need_gold: bool = False) -> tuple[
         )
     specials = specials_of(task.tokenizer, task.model.backbone.arch)
     max_len = cfg.max_len or task.model.config.max_len
-    data = spec.featurize(
-        cfg, path, examples, task.tokenizer, specials, task.labels, max_len, with_labels=gold
-    )
+    data = featurize(
+        spec, cfg, path, examples, task.tokenizer, specials, task.labels, max_len, with_labels=gold,
+        source_tokenizer=task.source_tokenizer,
+    )  # fmt: skip
     return data, gold
 
 
@@ -795,9 +875,10 @@ def translate(
             examples, _ = spec.read_for_prediction(cfg, path)
         max_len = cfg.max_len or task.model.config.max_len
         specials = specials_of(task.tokenizer, "encoder-decoder")
-        data = spec.featurize(
-            cfg, path, examples, task.tokenizer, specials, task.labels, max_len, with_labels=False
-        )
+        data = featurize(
+            spec, cfg, path, examples, task.tokenizer, specials, task.labels, max_len, with_labels=False,
+            source_tokenizer=task.source_tokenizer,
+        )  # fmt: skip
         outputs = run_predictions(head, data, batch_size, task.pad_id, task.device, spec)
     finally:
         head.beam, head.max_new_tokens = original

@@ -2,9 +2,11 @@
 
     runs/gpt/
       run.json            what the folder is: {"schema_version", "kind", "lmforge_version",
-                          "tokenizer_sha256"} (the hash of the tokenizer the run was trained with)
+                          "tokenizer_sha256"} (the hash of the tokenizer the run was trained with;
+                          "source_tokenizer_sha256" too with a separate source tokenizer)
       config.yaml         the full config that made the run (model, train, tokenizer, data, task ...)
-      tokenizer.json      the tokenizer (Hugging Face `tokenizers` format)
+      tokenizer.json      the tokenizer (Hugging Face `tokenizers` format); a seq2seq run with two
+                          vocabularies: the target side's, and source_tokenizer.json the source's
       model.safetensors   the weights to use: best validation figure, else the latest
       train_state/        checkpoints for exact resume (see lmforge.train.checkpoint)
       metrics.jsonl  events/  plots/loss.png  summary.json     (labels.json, dev_report.* for tasks)
@@ -43,6 +45,7 @@ from lmforge.utils.io import atomic_write_json, atomic_write_text, read_json
 SCHEMA_VERSION = 1
 RUN_KINDS = ("lm", "encoder", "task")
 TOKENIZER_FILE = "tokenizer.json"
+SOURCE_TOKENIZER_FILE = "source_tokenizer.json"  # a seq2seq run's source side, with two vocabularies
 LOCK_FILE = "lock.json"  # the owner of a run being trained: {"pid", "host", "job", "since"}
 # What a start that failed before its first checkpoint leaves behind: a fresh start may write over it.
 STARTED_ENTRIES = frozenset(
@@ -51,6 +54,7 @@ STARTED_ENTRIES = frozenset(
         "run.json",
         "config.yaml",
         "tokenizer.json",
+        SOURCE_TOKENIZER_FILE,
         "labels.json",
         LOCK_FILE,
         "metrics.jsonl",
@@ -73,6 +77,7 @@ class RunInfo:
     schema_version: int
     config: dict[str, Any]
     tokenizer_sha256: str | None = None  # None for runs written before runs recorded it
+    source_tokenizer_sha256: str | None = None  # a separate source tokenizer's (seq2seq), else None
 
 
 def _lmforge_version() -> str:
@@ -93,13 +98,16 @@ def write_run_config(
     *,
     tokenizer: Any = None,
     tokenizer_sha256: str | None = None,
+    source_tokenizer: Any = None,
+    source_tokenizer_sha256: str | None = None,
 ) -> None:
     """Write run.json and config.yaml (each atomically): the only place a run's identity is written.
 
     With `tokenizer`, its tokenizer.json is written too and its hash recorded in run.json, so that a
     different tokenizer of the same size (which the vocabulary check cannot tell apart) is caught
     when the run is loaded or resumed. `tokenizer_sha256` records a hash without writing the file
-    (a config rebuilt from a checkpoint)."""
+    (a config rebuilt from a checkpoint). `source_tokenizer` (a seq2seq run with two vocabularies)
+    goes to source_tokenizer.json, its hash beside the other."""
     if kind not in RUN_KINDS:
         raise ValueError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
     run_dir = Path(run_dir)
@@ -110,6 +118,11 @@ def write_run_config(
         tokenizer_sha256 = tokenizer.sha256
     if tokenizer_sha256:
         header["tokenizer_sha256"] = tokenizer_sha256
+    if source_tokenizer is not None:
+        source_tokenizer.save(run_dir / SOURCE_TOKENIZER_FILE)
+        source_tokenizer_sha256 = source_tokenizer.sha256
+    if source_tokenizer_sha256:
+        header["source_tokenizer_sha256"] = source_tokenizer_sha256
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     atomic_write_json(run_dir / "run.json", header)
 
@@ -148,8 +161,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
     kind = header.get("kind")
     if kind not in RUN_KINDS:
         raise LmforgeError(f"{header_path}: unknown run kind {kind!r}; upgrade lmforge to use this run")
-    tok_hash = header.get("tokenizer_sha256")
-    return RunInfo(run_dir, kind, version, config, tok_hash if isinstance(tok_hash, str) else None)
+    hashes = [header.get(k) for k in ("tokenizer_sha256", "source_tokenizer_sha256")]
+    return RunInfo(run_dir, kind, version, config, *(h if isinstance(h, str) else None for h in hashes))
 
 
 def load_run_tokenizer(run_dir: str | Path) -> Any:
@@ -166,9 +179,43 @@ def load_run_tokenizer(run_dir: str | Path) -> Any:
     return tokenizer
 
 
-def check_run_tokenizer(run_dir: str | Path, tokenizer: Any, source: str) -> None:
-    """On resume: the data's tokenizer must be the one the run was trained with, not just as large."""
-    recorded = read_run(run_dir).tokenizer_sha256
+def load_run_source_tokenizer(run_dir: str | Path) -> Any:
+    """A seq2seq run's separate source tokenizer (source_tokenizer.json, checked against run.json),
+    or None where the run has one joint vocabulary."""
+    from lmforge.tokenizer import Tokenizer
+
+    info = read_run(run_dir)
+    path = info.path / SOURCE_TOKENIZER_FILE
+    if info.source_tokenizer_sha256 is None and not path.is_file():
+        return None
+    if not path.is_file():
+        raise LmforgeError(
+            f"{path}: missing, but run.json records a source tokenizer; put the run's own "
+            f"{SOURCE_TOKENIZER_FILE} back"
+        )
+    tokenizer = Tokenizer.load(path)
+    if info.source_tokenizer_sha256 and tokenizer.sha256 != info.source_tokenizer_sha256:
+        raise LmforgeError(
+            f"{path}: not the source tokenizer this run was trained with (its sha256 differs from the "
+            f"one in run.json); put the run's own {SOURCE_TOKENIZER_FILE} back"
+        )
+    return tokenizer
+
+
+def check_run_tokenizer(
+    run_dir: str | Path, tokenizer: Any, source: str, *, source_tokenizer: Any = None
+) -> None:
+    """On resume: the data's tokenizer (and a seq2seq run's source tokenizer) must be the one the
+    run was trained with, not just as large."""
+    info = read_run(run_dir)
+    recorded = info.source_tokenizer_sha256
+    given = source_tokenizer.sha256 if source_tokenizer is not None else None
+    if recorded != given and (recorded or given):
+        raise LmforgeError(
+            f"{source}: the source tokenizer differs from the one the run in {run_dir} was trained with "
+            f"({SOURCE_TOKENIZER_FILE} and run.json); resume with the same --src_tokenizer"
+        )
+    recorded = info.tokenizer_sha256
     if recorded and tokenizer.sha256 != recorded:
         raise LmforgeError(
             f"{source}: made with a different tokenizer than the run in {run_dir} (sha256 differs from "
@@ -191,8 +238,10 @@ def _restore_config(run_dir: Path) -> bool:
             warnings.warn(
                 f"{run_dir}: config.yaml was missing; rebuilt it from {state.parent.name}", stacklevel=3
             )
-            sha = record.get("tokenizer_sha256")
-            write_run_config(run_dir, record["kind"], record["config"], tokenizer_sha256=sha)
+            write_run_config(
+                run_dir, record["kind"], record["config"], tokenizer_sha256=record.get("tokenizer_sha256"),
+                source_tokenizer_sha256=record.get("source_tokenizer_sha256"),
+            )  # fmt: skip
             return True
     return False
 
@@ -485,6 +534,7 @@ __all__ = [
     "claim_output_folder",
     "finish_training_run",
     "load",
+    "load_run_source_tokenizer",
     "load_run_tokenizer",
     "model_config_of",
     "model_kind",

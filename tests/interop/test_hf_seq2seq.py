@@ -163,6 +163,46 @@ def test_export_loads_in_transformers_with_our_logits(tmp_path, tokenizer, cls, 
     assert hf_tok.encode(text, add_special_tokens=False) == tokenizer.encode(text)
 
 
+def word_tokenizer(words) -> Tokenizer:
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    backend = Backend(models.WordLevel({t: i for i, t in enumerate([*specials, *words])}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    backend.add_special_tokens(specials)
+    return Tokenizer.from_backend(backend)
+
+
+def test_two_vocabularies_export_as_marian_with_both_tokenizers(tmp_path, tokenizer):
+    """A source vocabulary of its own (src_vocab_size) is Marian's decoder_vocab_size layout: the folder's
+    tokenizer encodes sources, target_tokenizer/ decodes outputs; the other layouts refuse it by name."""
+    source_tok = word_tokenizer([*reversed(WORDS), "extra", "words"])
+    kw = dict(norm_position="post", emb_norm=False, position="sinusoidal_halves", share_embeddings=False,
+              src_vocab_size=VOCAB + 16, scale_embeddings=True)  # fmt: skip
+    ours = ed_model(**kw)
+    assert ours.encoder.tok_emb.weight.shape[0] == VOCAB + 16 and ours.lm_head.weight.shape[0] == VOCAB
+    export_hf(ours, tokenizer, tmp_path, source_tokenizer=source_tok)
+    hf = load_hf(tmp_path)
+    assert type(hf).__name__ == "MarianMTModel"
+    assert (hf.config.vocab_size, hf.config.decoder_vocab_size) == (VOCAB + 16, VOCAB)
+    assert_same_logits(ours, hf, start=PAD)
+    text = "the big dog sees extra words"
+    src_hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    tgt_hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "target_tokenizer")
+    assert src_hf.encode(text, add_special_tokens=False) == source_tok.encode(text) != tokenizer.encode(text)
+    assert tgt_hf.encode(text, add_special_tokens=False) == tokenizer.encode(text)
+    with pytest.raises(LmforgeError, match="no source tokenizer"):
+        export_hf(ours, tokenizer, tmp_path / "again")
+    with pytest.raises(LmforgeError, match=r"src_vocab_size=72 .*PegasusForConditionalGeneration"):
+        export_hf(
+            ed_model(**{**kw, "norm_position": "pre"}), tokenizer, tmp_path / "x", source_tokenizer=source_tok
+        )
+    with pytest.raises(ValueError, match="share_embeddings=false"):
+        ModelConfig(arch="encoder-decoder", vocab_size=64, src_vocab_size=128, n_head=4, d_model=32)
+
+
 @pytest.mark.parametrize(
     ("kw", "eos_scale", "beam"),
     [
@@ -244,7 +284,9 @@ def test_import_matches_transformers(tmp_path, tokenizer, kind, kw, eos_bias):
     ours, tok = import_hf(tmp_path)
     assert isinstance(ours, EncoderDecoder) and not ours.training
     cfg = ours.config
-    assert (cfg.norm_position, cfg.emb_norm) == LAYOUT[kind] and cfg.position == "learned"
+    # Marian's and Pegasus's fixed sin|cos tables are our sinusoidal_halves; BART's and mBART's are learned.
+    position = "sinusoidal_halves" if kind in ("marian", "pegasus") else "learned"
+    assert (cfg.norm_position, cfg.emb_norm) == LAYOUT[kind] and cfg.position == position
     assert cfg.head_bias is (eos_bias is not None) and (cfg.n_layer, cfg.dec_layers) == (2, 1)
     if kind == "marian" and not kw.get("share_encoder_decoder_embeddings", True):
         assert (cfg.share_embeddings, cfg.tie_embeddings) == (False, True)

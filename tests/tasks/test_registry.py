@@ -15,7 +15,7 @@ QA_ONLY = {"doc_stride", "max_query_len", "max_answer_len", "n_best"}
 NER_ONLY = {"token_column", "tag_column", "scheme", "crf", "label_all_pieces"}
 CLASSIFY_ONLY = {"text_column", "text_pair_column", "label_column", "pooling"}
 SEQ2SEQ_ONLY = {"src_field", "tgt_field", "ref_field", "label_smoothing", "beam", "length_penalty", "max_new_tokens",
-                "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize", "decoder_start"}  # fmt: skip
+                "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize", "decoder_start", "src_tokenizer"}  # fmt: skip
 
 
 def test_every_spec_has_every_member_of_the_protocol():

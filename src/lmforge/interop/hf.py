@@ -228,7 +228,10 @@ def _write_tokenizer(tokenizer: Any, out: Path, model_max_length: int) -> dict[s
     }
 
 
-def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pair_head: bool = True) -> Path:
+def export_hf(
+    model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pair_head: bool = True,
+    source_tokenizer: Any = None,
+) -> Path:  # fmt: skip
     """Write `model` (and `tokenizer`, unless None) as a Hugging Face checkpoint directory.
 
     A decoder loads with `AutoModelForCausalLM.from_pretrained(out_dir)`, its layout (GPT-2 or
@@ -237,7 +240,8 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
     written as BERT, `BertForPreTraining` with its NSP/SOP head when `pair_head` (runs trained with
     one), else `BertForMaskedLM`. A config
     no layout can express is an error naming the field to change. Weights keep the model's dtype;
-    padded vocabulary rows (model vocab > tokenizer vocab) are kept.
+    padded vocabulary rows (model vocab > tokenizer vocab) are kept. A seq2seq model with two
+    vocabularies takes its `source_tokenizer` along (see `hf_seq2seq.export_seq2seq`).
     """
     from lmforge.interop import hf_bert, hf_seq2seq
     from lmforge.models.encoder import Encoder
@@ -245,7 +249,7 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, pa
 
     model = getattr(model, "_orig_mod", model)
     if hf_seq2seq.seq2seq_parts(model) is not None:
-        return hf_seq2seq.export_seq2seq(model, tokenizer, out_dir)
+        return hf_seq2seq.export_seq2seq(model, tokenizer, out_dir, source_tokenizer=source_tokenizer)
     if not isinstance(model, (Transformer, Encoder)):
         raise LmforgeError(
             f"{type(model).__name__} cannot be exported to transformers: only decoder (GPT-2/Llama), encoder "

@@ -18,10 +18,10 @@ Marian would fit neither default layout: it is post-norm without an embedding no
 (`embed_positions.weight`, whose rows 0 and 1 are never read), and Pegasus keeps a table loaded from
 the checkpoint rather than recomputing it, so learned positions and our interleaved sinusoidal
 table both export there. Marian neither saves nor loads its table but recomputes it, so a Marian
-export needs the table to be Marian's own (an imported Marian model's). Marian's and Pegasus's
-tables put the sines in the first half of the channels and the cosines in the second; they import
-as `position: learned` with the values copied, which is exact, and a table equal to our own
-sinusoidal one imports as `position: sinusoidal` (a round trip of ours).
+export needs the table to be Marian's own: `position: sinusoidal_halves` (the sines in the first
+half of the channels, the cosines in the second, as Marian and Pegasus compute them). A table
+equal to one of our two sinusoidal ones imports as that `position` (Marian's and Pegasus's as
+`sinusoidal_halves`); any other is copied as `position: learned`, which is exact.
 
 Tensor names (ours <-> transformers'), for the encoder and likewise the decoder:
 
@@ -41,6 +41,11 @@ separate matrices with `tie_word_embeddings=false`, which transformers 5 loads a
 tensors (older releases always tie the encoder's and decoder's embeddings to `model.shared`, so
 they load only the shared ones right). A config these classes cannot express (rotary positions,
 RMSNorm, SwiGLU, no biases, grouped-query heads, another norm eps) is refused, naming the field.
+
+A model with two vocabularies (`src_vocab_size`, a separate source tokenizer) exports only as
+Marian, whose `decoder_vocab_size` sizes the decoder's embedding and output layer apart from the
+encoder's `vocab_size`; its folder's tokenizer is the source one and `target_tokenizer/` holds the
+one that decodes outputs (transformers has no fast tokenizer with two vocabularies).
 
 An export writes config.json, model.safetensors, the tokenizer files, and a generation_config.json
 with the decoder's start token (our convention: the padding token, else end-of-text) and, for a
@@ -69,6 +74,7 @@ _ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 _ACT_IN = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
            "gelu_fast": "gelu_tanh"}  # fmt: skip
 _LN_EPS = 1e-5  # nn.LayerNorm's default, which every LayerNorm of these classes uses
+TARGET_TOKENIZER_DIR = "target_tokenizer"  # a two-vocabulary export's decoding tokenizer
 T5_TYPES = ("t5", "mt5", "umt5", "longt5")
 
 
@@ -105,17 +111,22 @@ _LEGACY_FLAGS = {
 def fixed_table(n_pos: int, dim: int) -> torch.Tensor:
     """Marian's and Pegasus's sinusoidal table (n_pos, dim): sin(pos / 10000^(2i/dim)) in the first
     ceil(dim/2) channels, the matching cosines after them; computed in float64 as they do."""
-    j = torch.arange(dim, dtype=torch.float64)
-    angles = torch.arange(n_pos, dtype=torch.float64)[:, None] / torch.pow(10000.0, 2 * (j // 2) / dim)
-    half = (dim + 1) // 2
-    out = torch.empty(n_pos, dim)
-    out[:, :half] = torch.sin(angles[:, 0::2]).float()
-    out[:, half:] = torch.cos(angles[:, 1::2]).float()
-    return out
+    return sinusoidal_table(n_pos, dim, halves=True)
 
 
 def layout_of(cfg: ModelConfig) -> Layout:
     """The class that computes what `cfg`'s encoder-decoder computes, or an error naming the field."""
+    layout = _layout_of(cfg)
+    if cfg.source_vocab != cfg.vocab_size and layout.model_type != "marian":
+        raise LmforgeError(
+            f"model.src_vocab_size={cfg.src_vocab_size} (two vocabularies) cannot be exported as "
+            f"{layout.architecture}: Marian (norm_position=post, emb_norm=false) is the one class of the "
+            "BART family with a decoder vocabulary of its own; train with one joint tokenizer to export this layout"
+        )
+    return layout
+
+
+def _layout_of(cfg: ModelConfig) -> Layout:
     if cfg.position in ("rope", "t5"):
         raise LmforgeError(
             f"model.position={cfg.position!r} cannot be exported: BART, Marian, Pegasus and mBART add absolute "
@@ -246,7 +257,7 @@ def hf_config(cfg: ModelConfig, layout: Layout) -> dict[str, Any]:
     c: dict[str, Any] = {
         "architectures": [layout.architecture],
         "model_type": layout.model_type,
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": cfg.source_vocab,  # Marian's encoder vocabulary; the others have one
         "d_model": cfg.d_model,
         "encoder_layers": cfg.n_layer,
         "decoder_layers": cfg.dec_layers,
@@ -301,7 +312,7 @@ def to_hf(model: EncoderDecoder, layout: Layout) -> dict[str, torch.Tensor]:
             raise LmforgeError(
                 f"model.position={cfg.position!r} cannot be exported with norm_position=post and "
                 "emb_norm=false: that is Marian, which computes its own sin|cos position table and never "
-                "loads one; only an imported Marian model's positions export so, otherwise use emb_norm=true "
+                "loads one; train with position=sinusoidal_halves (that table), or use emb_norm=true "
                 "(BART, which stores its table)"
             )
     bias = model.lm_head.bias
@@ -334,9 +345,15 @@ def generation_config(
     return gen
 
 
-def export_seq2seq(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+def export_seq2seq(
+    model: nn.Module, tokenizer: Any, out_dir: str | Path, *, source_tokenizer: Any = None
+) -> Path:
     """Write an `EncoderDecoder`, or a fine-tuned seq2seq model (its beam settings go to
-    generation_config.json), as the checkpoint `AutoModelForSeq2SeqLM.from_pretrained` loads."""
+    generation_config.json), as the checkpoint `AutoModelForSeq2SeqLM.from_pretrained` loads.
+
+    With two vocabularies (Marian's `decoder_vocab_size`), the source tokenizer is the folder's
+    tokenizer (AutoTokenizer encodes the inputs with it) and the target one, which decodes the
+    outputs, is a tokenizer folder of its own, `target_tokenizer/`."""
     parts = seq2seq_parts(model)
     if parts is None:
         raise LmforgeError(f"{type(model).__name__} is not an encoder-decoder")
@@ -348,6 +365,17 @@ def export_seq2seq(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Pat
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.vocab_size}; "
             "export the tokenizer the model was trained with"
         )
+    two_vocabularies = cfg.source_vocab != cfg.vocab_size
+    if tokenizer is not None and two_vocabularies and source_tokenizer is None:
+        raise LmforgeError(
+            f"the model has two vocabularies (src_vocab_size={cfg.src_vocab_size}) but no source tokenizer "
+            "was given; export the run, which holds both"
+        )
+    if source_tokenizer is not None and source_tokenizer.vocab_size > cfg.source_vocab:
+        raise LmforgeError(
+            f"source tokenizer has {source_tokenizer.vocab_size} tokens but the encoder only {cfg.source_vocab} "
+            "rows; export the tokenizers the model was trained with"
+        )
     hf_sd = to_hf(ed, layout)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -356,7 +384,11 @@ def export_seq2seq(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Pat
 
     ids: dict[str, int | None] = {"bos_token_id": None}
     if tokenizer is not None:
-        ids["bos_token_id"] = _write_tokenizer(tokenizer, out, cfg.max_len)["bos_token_id"]
+        target_dir = out / TARGET_TOKENIZER_DIR if source_tokenizer is not None else out
+        target_dir.mkdir(exist_ok=True)
+        ids["bos_token_id"] = _write_tokenizer(tokenizer, target_dir, cfg.max_len)["bos_token_id"]
+        if source_tokenizer is not None:
+            _write_tokenizer(source_tokenizer, out, cfg.max_len)
     ids.update(_framing(tokenizer, task))
     hf_cfg = {**hf_config(cfg, layout), **ids}
     hf_cfg["torch_dtype"] = str(hf_sd["final_logits_bias"].dtype).removeprefix("torch.")
@@ -400,7 +432,8 @@ def _config_fields(c: dict[str, Any], where: Path, layout: Layout) -> dict[str, 
     if mt == "marian" and (c.get("decoder_vocab_size") or vocab) != vocab:
         raise LmforgeError(
             f"{where}: decoder_vocab_size={c['decoder_vocab_size']} differs from vocab_size={vocab}; "
-            "lmforge's encoder-decoder has one vocabulary for source and target"
+            "two vocabularies do not import (an imported run holds one tokenizer); fine-tune a model of ours "
+            "with --src_tokenizer instead"
         )
     post = layout.norm_position == "post"
     d_model, ffn = c["d_model"], c["encoder_ffn_dim"]
@@ -486,9 +519,14 @@ def from_hf(
                 raise KeyError(f"model.{side}.embed_positions.weight")
             table = fixed_table(n_pos, d)  # what the class computes for a checkpoint without one
         tables[side] = table[layout.offset :]
-    ours_sin = sinusoidal_table(n_pos, d)
-    sinusoidal = all(t.shape == ours_sin.shape and torch.equal(t.float(), ours_sin) for t in tables.values())
-    if not sinusoidal:
+    position = "learned"
+    for kind, table in (
+        ("sinusoidal", sinusoidal_table(n_pos, d)),
+        ("sinusoidal_halves", fixed_table(n_pos, d)),
+    ):
+        if all(t.shape == table.shape and torch.equal(t.float(), table) for t in tables.values()):
+            position = kind
+    if position == "learned":
         sd.update({f"{side}.pos_emb.weight": t for side, t in tables.items()})
 
     bias = get("final_logits_bias")
@@ -499,7 +537,7 @@ def from_hf(
     decided = {
         "share_embeddings": share,
         "tie_embeddings": tie,
-        "position": "sinusoidal" if sinusoidal else "learned",
+        "position": position,
         "head_bias": head_bias,
     }
     ignorable = (".version", "._float_tensor")  # bookkeeping entries of fairseq conversions

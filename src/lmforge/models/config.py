@@ -28,6 +28,9 @@ class ModelConfig:
     arch: Arch = "decoder"
     # Vocabulary size; 0 means "take it from the tokenizer" (padded up to a multiple of 64 for speed).
     vocab_size: int = 0
+    # encoder-decoder with two vocabularies (a source and a target tokenizer): the encoder's token
+    # embedding rows; 0 means vocab_size (one joint vocabulary). Needs share_embeddings=false.
+    src_vocab_size: int = 0
     n_layer: int = 6  # Transformer blocks (the encoder's in an encoder-decoder; LSTM/GRU layers)
     # encoder-decoder: the decoder's blocks; None means n_layer (the paper's 6 + 6).
     n_dec_layer: int | None = None
@@ -45,7 +48,9 @@ class ModelConfig:
     norm_eps: float = 1e-5  # added to the variance inside the norm for numerical safety
     # rope: rotary (Llama), extends best; t5: a learned bias per head and bucket of query-key distance
     # added to the attention scores (Raffel et al. 2020), nothing added to the embeddings.
-    position: Literal["learned", "sinusoidal", "rope", "t5"] = "learned"
+    # sinusoidal_halves: the same fixed table with the sines in the first half of the channels and
+    # the cosines in the second (tensor2tensor, fairseq, Marian), the one a Marian export needs.
+    position: Literal["learned", "sinusoidal", "sinusoidal_halves", "rope", "t5"] = "learned"
     # t5 positions: distance buckets (half exact, half logarithmic) and the distance the last
     # bucket begins at; a decoder's buckets all look back, an encoder's split both ways.
     relative_buckets: int = 32
@@ -123,6 +128,15 @@ class ModelConfig:
                     raise ValueError(
                         f"{name}={getattr(self, name)} applies to arch=encoder-decoder only, not {self.arch}"
                     )
+        if self.src_vocab_size < 0:
+            raise ValueError(f"src_vocab_size must be >= 0 (0 for vocab_size), got {self.src_vocab_size}")
+        if self.src_vocab_size and self.arch != "encoder-decoder":
+            raise ValueError(f"src_vocab_size applies to arch=encoder-decoder only, not {self.arch}")
+        if self.src_vocab_size not in (0, self.vocab_size) and self.share_embeddings:
+            raise ValueError(
+                f"src_vocab_size={self.src_vocab_size} differs from vocab_size={self.vocab_size}, so the "
+                "encoder and decoder cannot share one embedding; set share_embeddings=false"
+            )
         if self.n_dec_layer is not None and self.n_dec_layer <= 0:
             raise ValueError(f"n_dec_layer must be positive (or null for n_layer), got {self.n_dec_layer}")
         for name in ("n_layer", "n_head", "d_model", "max_len"):
@@ -136,6 +150,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def source_vocab(self) -> int:
+        """The encoder's embedding rows of an encoder-decoder (vocab_size with a joint vocabulary)."""
+        return self.src_vocab_size or self.vocab_size
 
     @property
     def dec_layers(self) -> int:

@@ -58,12 +58,22 @@ def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
 # Positions
 
 
-def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0, *, halves: bool = False) -> torch.Tensor:
     """Fixed sin/cos position encodings of "Attention Is All You Need": (max_len, dim).
 
     Even channels hold sin(pos / base^(2i/dim)), odd channels the matching cos, so every position
-    is a set of rotations at geometrically spaced frequencies.
+    is a set of rotations at geometrically spaced frequencies. With `halves`, the same frequencies
+    with the sines in the first ceil(dim/2) channels and the cosines after them, computed in
+    float64: the table of tensor2tensor, fairseq, Marian and Pegasus, bit for bit Marian's.
     """
+    if halves:
+        j = torch.arange(dim, dtype=torch.float64)
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] / torch.pow(base, 2 * (j // 2) / dim)
+        half = (dim + 1) // 2
+        out = torch.empty(max_len, dim)
+        out[:, :half] = torch.sin(angles[:, 0::2]).float()
+        out[:, half:] = torch.cos(angles[:, 1::2]).float()
+        return out
     pos = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
     inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (ceil(dim/2),)
     angles = pos * inv_freq  # (max_len, ceil(dim/2))

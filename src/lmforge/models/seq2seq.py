@@ -13,7 +13,8 @@ cross-attention keys and values are computed once per source and kept in the sam
 
 With `share_embeddings` the encoder and the decoder read one token embedding (a joint source and
 target vocabulary); with `tie_embeddings` the output projection is the decoder's embedding: both
-together are the paper's three-way tie.
+together are the paper's three-way tie. Two vocabularies (a source and a target tokenizer) give the
+encoder `src_vocab_size` embedding rows and the decoder and output layer `vocab_size`.
 
 Parameter names (the safetensors keys): `encoder.tok_emb`, `encoder.pos_emb` (learned positions),
 `encoder.blocks.{i}.*`, `encoder.norm_f`/`encoder.emb_norm`, `decoder.*` alike with
@@ -49,7 +50,8 @@ class EncoderDecoder(nn.Module):
         self.config = cfg
         post = cfg.norm_position == "post"
         emb_norm = post if cfg.emb_norm is None else cfg.emb_norm
-        self.encoder = TransformerStack(cfg, causal=False, emb_norm=emb_norm)
+        enc_cfg = dataclasses.replace(cfg, vocab_size=cfg.source_vocab)
+        self.encoder = TransformerStack(enc_cfg, causal=False, emb_norm=emb_norm)
         dec_cfg = dataclasses.replace(cfg, n_layer=cfg.dec_layers)
         self.decoder = TransformerStack(dec_cfg, causal=True, cross=True, emb_norm=emb_norm)
         if cfg.share_embeddings:

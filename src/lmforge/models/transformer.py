@@ -69,8 +69,9 @@ class TransformerStack(nn.Module):
         self.rel_bias: RelativePositionBias | None = None
         if cfg.position == "learned":
             self.pos_emb = nn.Embedding(cfg.max_len, d)
-        elif cfg.position == "sinusoidal":
-            self.register_buffer("pos_emb", sinusoidal_table(cfg.max_len, d), persistent=False)
+        elif cfg.position in ("sinusoidal", "sinusoidal_halves"):
+            table = sinusoidal_table(cfg.max_len, d, halves=cfg.position == "sinusoidal_halves")
+            self.register_buffer("pos_emb", table, persistent=False)
         elif cfg.position == "rope":
             self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_theta)
         else:  # t5: positions enter as a bias on the self-attention scores only

@@ -3,7 +3,8 @@
 Examples are (source, target) pairs in any layout `lmforge.tasks.parallel` reads: two line-aligned
 files (`train.en,train.de`), TSV, or JSONL with `src_field` / `tgt_field` (and `ref_field` for
 references other than the target). Both sides are encoded with the run's one tokenizer (a joint
-vocabulary) and end in its end-of-text token; the decoder starts from its padding token (Marian's
+vocabulary), or the sources with a tokenizer of their own (`--src_tokenizer`: two vocabularies,
+the encoder's embedding sized by the source one), and each ends in its end-of-text token; the decoder starts from its padding token (Marian's
 and T5's convention; the end-of-text token where there is no padding token). The loss is
 teacher-forced cross-entropy with label smoothing, padding ignored. Dev scores and predictions
 come from beam search (`lmforge.infer.beam`) over the whole file: sacreBLEU's BLEU (with its
@@ -149,7 +150,7 @@ class Seq2SeqTask:
     metrics = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
     options = ("src_field", "tgt_field", "ref_field", "label_smoothing", "beam", "length_penalty",
                "max_new_tokens", "no_repeat_ngram", "architecture", "tokenizer", "bleu_tokenize",
-               "decoder_start")  # fmt: skip
+               "decoder_start", "src_tokenizer")  # fmt: skip
     label_key = "target_ids"
     length_sorted = True
 
@@ -171,16 +172,18 @@ class Seq2SeqTask:
 
     def featurize(
         self, cfg: FinetuneConfig, path: Path, examples: list[Any], tokenizer: Any, specials: Specials,
-        labels: LabelMap, max_len: int, *, with_labels: bool = True,
+        labels: LabelMap, max_len: int, *, with_labels: bool = True, source_tokenizer: Any = None,
     ) -> TaskData:  # fmt: skip
         tokens = seq2seq_tokens(tokenizer)
-        src = tokenizer.encode_batch([p.src for p in examples])
+        src_tok = source_tokenizer or tokenizer
+        src_eos = src_tok.eos_id if source_tokenizer is not None else tokens.eos
+        src = src_tok.encode_batch([p.src for p in examples])
         tgt = tokenizer.encode_batch([p.tgt for p in examples]) if with_labels else None
         cut_src = cut_tgt = 0
         features = []
         for i, s in enumerate(src):
             cut_src += len(s) > max_len - 1
-            feat = {"input_ids": np.asarray([*s[: max_len - 1], tokens.eos], np.int64)}
+            feat = {"input_ids": np.asarray([*s[: max_len - 1], src_eos], np.int64)}
             if tgt is not None:
                 t = tgt[i]
                 cut_tgt += len(t) > max_len - 1
