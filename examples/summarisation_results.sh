@@ -29,22 +29,30 @@ with open(sys.argv[2], "w", encoding="utf-8") as out:
         out.write(" ".join(s.strip() for s in json.loads(line)["source"]) + "\n")
 PY
 
+# train OUT_NAME COMMAND...: skipped once $OUT/OUT_NAME is finished, resumed if it was stopped.
+train() {
+    local name=$1; shift
+    [ -f "$OUT/$name/summary.json" ] && return 0
+    local resume=(); [ -d "$OUT/$name/train_state" ] && resume=(--resume)
+    "$@" --out "$OUT/$name" "${resume[@]}" "${EXTRA[@]}"
+}
+
 ARCH=(--model.arch encoder-decoder --model.n_layer 3 --model.n_dec_layer 3 --model.n_head 4 --model.d_model 256
       --model.d_ff 1024 --model.max_len 512 --model.norm_position pre --model.position sinusoidal
       --model.scale_embeddings true --model.init_std 0.0625 --model.activation relu --model.dropout 0.1)
-[ -f "$OUT/t5/summary.json" ] || $LMF pretrain --objective span --data "$OUT/corpus" --out "$OUT/t5" "${ARCH[@]}" --tokenizer.kind unigram \
+train t5 $LMF pretrain --objective span --data "$OUT/corpus" "${ARCH[@]}" --tokenizer.kind unigram \
     --tokenizer.vocab_size 8000 --prep.txt_unit line --train.seq_len 256 --train.batch_size 16 \
     --train.max_steps "$PRETRAIN_STEPS" --train.warmup_steps 100 --train.lr 1e-3 \
-    --train.eval_every "$PRETRAIN_STEPS" --train.save_every 150 "${EXTRA[@]}"
+    --train.eval_every "$PRETRAIN_STEPS" --train.save_every 150
 
 # One fine-tuning recipe for both: SciTLDR-A's abstracts, the first TLDR as the target.
 RECIPE=(--train "$D/train.jsonl" --dev "$D/dev.jsonl" --src_field source --tgt_field target --max_len 512
         --epochs "$EPOCHS" --max_tokens 4096 --label_smoothing 0.1 --beam 4 --max_new_tokens 64
         --no_repeat_ngram 3 --train.lr 1e-3 --train.warmup_steps 100 --train.schedule inverse_sqrt
         --train.beta2 0.98 --train.weight_decay 0.0001 --train.select_metric rougeL --train.eval_every 100000)
-[ -f "$OUT/scratch/summary.json" ] || $LMF finetune seq2seq --config configs/mt-tiny.yaml --architecture.max_len 512 --tokenizer "$OUT/t5/tokenizer.json" \
-    --out "$OUT/scratch" "${RECIPE[@]}" "${EXTRA[@]}"
-[ -f "$OUT/pretrained/summary.json" ] || $LMF finetune seq2seq --model "$OUT/t5" --out "$OUT/pretrained" "${RECIPE[@]}" "${EXTRA[@]}"
+train scratch $LMF finetune seq2seq --config configs/mt-tiny.yaml --architecture.max_len 512 \
+    --tokenizer "$OUT/t5/tokenizer.json" "${RECIPE[@]}"
+train pretrained $LMF finetune seq2seq --model "$OUT/t5" "${RECIPE[@]}"
 
 for run in scratch pretrained; do
     $LMF evaluate "$OUT/$run" --data "$D/test.jsonl" --json | tail -1 > "$OUT/$run.test.json"

@@ -10,9 +10,11 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.generate import (
     GenerationConfig,
     apply_repetition_penalty,
+    descending,
     generate,
     generate_ids,
     generate_text,
+    sample_categorical,
     sample_next,
     top_k_filter,
     top_p_filter,
@@ -156,6 +158,36 @@ def test_top_p_filter():
     assert top_p_filter(logits, 0.81).isfinite().tolist() == [[False, True, True, True]]
     assert top_p_filter(logits, 0.01).isfinite().tolist() == [[False, True, False, False]]  # top token stays
     assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_top_p_filter_equals_the_sorted_definition_and_descending_equals_torch_sort():
+    """The threshold form keeps exactly the tokens the sort-and-scatter definition keeps (no ties in
+    random rows), at many p; `descending` (NumPy's sort on the CPU) equals torch.sort's values."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 500, generator=g) * torch.tensor([0.1, 1.0, 3.0, 6.0, 10.0, 30.0])[:, None]
+    logits[2, :100] = float("-inf")  # a top-k filter ran before
+    for p in (0.01, 0.3, 0.9, 0.999):
+        ranked, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(ranked, dim=-1)
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= p
+        expected = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        assert torch.equal(top_p_filter(logits, p), expected), p
+    x = torch.randn(3, 4, 257, generator=g, dtype=torch.float64)
+    assert torch.equal(descending(x), torch.sort(x, dim=-1, descending=True).values)
+
+
+def test_sample_categorical_follows_the_probabilities_and_never_draws_zero_mass():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(4000, 1)
+    rng = torch.Generator().manual_seed(0)
+    draws = sample_categorical(probs * 3.0, rng)  # unnormalised rows are fine
+    counts = torch.bincount(draws, minlength=6).float() / len(draws)
+    assert counts[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(counts[[1, 3, 4]], torch.tensor([0.5, 0.3, 0.2]), atol=0.03, rtol=0)
+    again = sample_categorical(probs * 3.0, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # the private generator alone decides
+    one_hot = torch.zeros(2, 5)
+    one_hot[0, 4] = one_hot[1, 0] = 1.0
+    assert sample_categorical(one_hot, rng).tolist() == [4, 0]
 
 
 def test_repetition_penalty():
