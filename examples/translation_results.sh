@@ -3,11 +3,12 @@
 # the last checkpoints averaged, beam-5 translation of test_2016_flickr, scored with sacreBLEU.
 #
 #   bash examples/translation_results.sh en de            # en->de, the recipe of RESULTS.md
-#   bash examples/translation_results.sh de en --epochs 12
+#   EPOCHS=12 bash examples/translation_results.sh de en
 #   DATA=path/to/shared/data bash examples/translation_results.sh en de --train.device cuda
 #
 # Extra arguments go to `finetune seq2seq` (a quick smoke run: `... en de --train.max_steps 2`).
-# AVERAGE sets how many of the last checkpoints are averaged (default 10, fairseq's recipe).
+# AVERAGE sets how many of the last checkpoints are averaged (default 10, fairseq's recipe), EPOCHS
+# the training epochs (default 20).
 # Everything lands in $OUT (runs/mt-SRC-TGT); the last line printed is the scores as JSON.
 set -euo pipefail
 SRC=${1:?usage: translation_results.sh SRC TGT [finetune arguments]}
@@ -18,6 +19,7 @@ D=$DATA/multi30k
 OUT=${OUT:-runs/mt-$SRC-$TGT}
 LMF=${LMF:-lmforge}
 AVERAGE=${AVERAGE:-10}
+EPOCHS=${EPOCHS:-20}
 mkdir -p "$OUT"
 
 [ -f "$OUT/tok.json" ] || $LMF tokenizer train --data "$D/train.en,$D/train.de" --kind unigram \
@@ -25,7 +27,7 @@ mkdir -p "$OUT"
 RESUME=(); [ -d "$OUT/run" ] && RESUME=(--resume)
 $LMF finetune seq2seq --config configs/mt-tiny.yaml --tokenizer "$OUT/tok.json" \
     --train "$D/train.$SRC,$D/train.$TGT" --dev "$D/val.$SRC,$D/val.$TGT" --out "$OUT/run" \
-    --epochs 24 --train.warmup_steps 400 --train.eval_every 780 --train.save_every 130 \
+    --epochs "$EPOCHS" --train.warmup_steps 400 --train.eval_every 780 --train.save_every 130 \
     --train.keep_last "$AVERAGE" "${RESUME[@]}" "$@"
 $LMF average "$OUT/run" --last "$AVERAGE" --out "$OUT/avg" --overwrite
 

@@ -177,6 +177,18 @@ def test_evaluate_takes_src_and_ref_and_predict_writes_hypotheses(mt, corpus, tm
     with pytest.raises(LmforgeError, match=r"already exists.*--overwrite"):
         lmforge.predict(str(run), corpus["val"], tmp_path / "p.txt")
     assert main(["evaluate", str(run), "--src", str(corpus["val_src"])]) == 2
+    # A JSONL test set whose fields are named otherwise than the training file's.
+    src = corpus["val_src"].read_text(encoding="utf-8").splitlines()
+    ref = corpus["val_ref"].read_text(encoding="utf-8").splitlines()
+    jsonl = tmp_path / "test.jsonl"
+    jsonl.write_text("".join(json.dumps({"en": s, "de": r, "refs": [r]}) + "\n" for s, r in zip(src, ref)))
+    flags = ["--src_field", "en", "--tgt_field", "de", "--ref_field", "refs"]
+    assert main(["evaluate", str(run), "--data", str(jsonl), *flags, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bleu"] == pytest.approx(last["bleu"])
+    assert main(["predict", str(run), "--input", str(jsonl), "--output", str(tmp_path / "q.txt"), *flags]) == 0
+    assert (tmp_path / "q.txt").read_text() == (tmp_path / "p.txt").read_text()
+    with pytest.raises(LmforgeError, match="unknown field option 'text_field'"):
+        lmforge.evaluate(str(run), jsonl, fields={"text_field": "en"})
 
 
 class Killed(Exception):

@@ -210,15 +210,18 @@ def predict(
     batch_size: int = 64,
     device: Any = "cpu",
     overwrite: bool = False,
+    fields: dict[str, str] | None = None,
 ) -> dict:
     """Predictions of a fine-tuned task run on a file, written as JSONL / CoNLL / SQuAD JSON
-    (an existing `output` is replaced only with `overwrite`)."""
+    (an existing `output` is replaced only with `overwrite`); `fields` names a seq2seq JSONL
+    file's src_field / tgt_field / ref_field where they differ from the training file's."""
     from lmforge.finetuning import predict as predict_task
     from lmforge.utils.device import resolve_device
 
     return predict_task(
-        run, input, output, batch_size=batch_size, device=resolve_device(device), overwrite=overwrite
-    )
+        run, input, output, batch_size=batch_size, device=resolve_device(device), overwrite=overwrite,
+        fields=fields,
+    )  # fmt: skip
 
 
 def average(run: str | Path, out: str | Path, *, last: int = 5, overwrite: bool = False) -> dict[str, Any]:
@@ -251,7 +254,8 @@ def evaluate(run: Any, data: Any, *, device: Any = "cpu", **options: Any):
 
     `options` go to that evaluation: batch_size, txt_unit (default file: a held-out .txt file is
     scored whole, so its perplexity stays comparable), text_field and encoding for a language model
-    (stride for a causal one, seed for a masked one); batch_size and report for a task run.
+    (stride for a causal one, seed for a masked one); batch_size and report for a task run, and
+    fields (src_field / tgt_field / ref_field of a seq2seq JSONL file) for a seq2seq run.
     """
     from lmforge.eval.masked import evaluate_masked
     from lmforge.eval.perplexity import evaluate_lm

@@ -733,6 +733,25 @@ def load_task(
 
 # ------------------------------------------------------------------------------------------- predict / evaluate
 
+FIELD_OPTIONS = ("src_field", "tgt_field", "ref_field")  # a seq2seq file's JSONL fields
+
+
+def with_fields(task: TaskRun, fields: dict[str, str] | None) -> TaskRun:
+    """`task` reading JSONL fields other than its training file's (a test set with a list of
+    references, say); the run itself is unchanged."""
+    import dataclasses
+
+    fields = {k: v for k, v in (fields or {}).items() if v is not None}
+    if not fields:
+        return task
+    unknown = sorted(set(fields) - set(FIELD_OPTIONS))
+    if unknown:
+        raise LmforgeError(f"unknown field option {unknown[0]!r}; the options are {', '.join(FIELD_OPTIONS)}")
+    if task.config.task != "seq2seq":
+        name = next(iter(fields))
+        raise LmforgeError(f"--{name} applies to seq2seq runs; {task.run_dir} is a {task.config.task} run")
+    return dataclasses.replace(task, config=dataclasses.replace(task.config, **fields))
+
 
 def _check_input(path: Path) -> None:
     """A file to read must exist; parallel text may be two files, `SRC,TGT`."""
@@ -767,7 +786,8 @@ def _input_data(task: TaskRun, path: Path, *, need_gold: bool = False) -> tuple[
 
 
 def predict(run: str | Path | TaskRun, input: str | Path, output: str | Path | None = None, *,
-            batch_size: int = 64, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
+            batch_size: int = 64, device: str = "cpu", overwrite: bool = False,
+            fields: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Predict on a file and write the predictions; the Python twin of `lmforge predict`.
 
     Output formats are the ones the official scorers read: JSONL (one object per input: text,
@@ -775,13 +795,14 @@ def predict(run: str | Path | TaskRun, input: str | Path, output: str | Path | N
     without gold) for NER, which `conlleval` scores; `{question_id: answer}` JSON for QA, which the
     SQuAD v1.1 evaluation script scores (with `<output>.nbest.json` beside it). When the input has
     gold labels, the metrics are returned as well. An existing `output` is replaced only with
-    `overwrite`.
+    `overwrite`. `fields` ({"src_field": ..., "tgt_field": ..., "ref_field": ...}) reads a seq2seq
+    JSONL file whose fields are named otherwise than the training file's.
     """
     from lmforge.run import claim_output_file
 
     if output is not None:
         claim_output_file(output, overwrite=overwrite, what="--output")
-    task = run if isinstance(run, TaskRun) else load_task(run, device=device)
+    task = with_fields(run if isinstance(run, TaskRun) else load_task(run, device=device), fields)
     cfg, path = task.config, Path(input)
     data, gold = _input_data(task, path)
     outputs = run_predictions(task.model, data, batch_size, task.pad_id, task.device, task_spec(cfg.task))
@@ -797,12 +818,12 @@ def predict(run: str | Path | TaskRun, input: str | Path, output: str | Path | N
 
 
 def evaluate_task(run: str | Path | TaskRun, data: str | Path, *, batch_size: int = 64, device: str = "cpu",
-                  report: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+                  report: str | Path | None = None, fields: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The task's metrics on a labelled file (accuracy / macro-F1, entity P/R/F1 per type, EM/F1);
     the Python twin of `lmforge evaluate`. Writes `<run>/eval_<file stem>.json` and `.txt` (or `report`)."""
     from lmforge.utils.io import atomic_write_json, atomic_write_text
 
-    task = run if isinstance(run, TaskRun) else load_task(run, device=device)
+    task = with_fields(run if isinstance(run, TaskRun) else load_task(run, device=device), fields)
     cfg, path = task.config, Path(data)
     feats, _ = _input_data(task, path, need_gold=True)
     scored = score(

@@ -66,7 +66,20 @@ def cmd_evaluate(ns: argparse.Namespace) -> None:
         ns.data = f"{ns.src},{ns.ref}"
     if ns.data is None:
         raise LmforgeError("--data is required (or --src and --ref for a seq2seq run)")
-    emit_scores(ns, lmforge.evaluate(ns.run, ns.data, batch_size=ns.batch_size, device=ns.device))
+    fields = _fields(ns)
+    options = {"fields": fields} if fields else {}
+    emit_scores(ns, lmforge.evaluate(ns.run, ns.data, batch_size=ns.batch_size, device=ns.device, **options))
+
+
+def _add_field_flags(p: argparse.ArgumentParser) -> None:
+    for name, what in (("src_field", "sources"), ("tgt_field", "targets"), ("ref_field", "references")):
+        p.add_argument(
+            f"--{name}", help=f"seq2seq JSONL: the field of the {what} (default: the training file's)"
+        )
+
+
+def _fields(ns: argparse.Namespace) -> dict[str, str]:
+    return {k: getattr(ns, k) for k in ("src_field", "tgt_field", "ref_field") if getattr(ns, k) is not None}
 
 
 def add_evaluate(new: NewCommand) -> None:
@@ -75,6 +88,7 @@ def add_evaluate(new: NewCommand) -> None:
     p.add_argument("--data", help="labelled file in the task's format")
     p.add_argument("--src", help="seq2seq: the source file, one text per line (with --ref)")
     p.add_argument("--ref", help="seq2seq: the reference file, line-aligned with --src")
+    _add_field_flags(p)
     add_batch_size_flag(p, 64, "inputs")
     add_device_flag(p)
     add_json_flag(p)
@@ -83,8 +97,9 @@ def add_evaluate(new: NewCommand) -> None:
 
 def cmd_predict(ns: argparse.Namespace) -> None:
     res = lmforge.predict(
-        ns.run, ns.input, ns.output, batch_size=ns.batch_size, device=ns.device, overwrite=ns.overwrite
-    )
+        ns.run, ns.input, ns.output, batch_size=ns.batch_size, device=ns.device, overwrite=ns.overwrite,
+        fields=_fields(ns),
+    )  # fmt: skip
     res.pop("predictions", None)
     human = f"wrote {res['output']} ({res['examples']:,} examples)"
     if "metrics" in res:
@@ -98,6 +113,7 @@ def add_predict(new: NewCommand) -> None:
     p.add_argument("--input", required=True, help="file to predict on (gold labels optional)")
     p.add_argument("--output", required=True, help="where to write the predictions")
     add_overwrite_flag(p, "--output", file=True)
+    _add_field_flags(p)
     add_batch_size_flag(p, 64, "inputs")
     add_device_flag(p)
     add_json_flag(p)
