@@ -230,8 +230,8 @@ def test_imported_hugging_face_backbone(bert, data, tmp_path):
 
 
 def test_from_scratch_keeps_the_architecture_but_not_the_weights(bert):
-    pretrained, _, _ = load_backbone(bert)
-    fresh, _, _ = load_backbone(bert, from_scratch=True)
+    pretrained, _, _, _ = load_backbone(bert)
+    fresh, _, _, _ = load_backbone(bert, from_scratch=True)
     assert pretrained.config == fresh.config
     assert not torch.equal(pretrained.model.tok_emb.weight, fresh.model.tok_emb.weight)
 
@@ -286,7 +286,7 @@ def test_a_task_registered_under_a_new_name_trains_predicts_and_loads(bert, data
 
 
 def test_freezing_and_layer_decay(bert):
-    backbone, _, _ = load_backbone(bert)
+    backbone, _, _, _ = load_backbone(bert)
     cfg = FinetuneConfig(task="classify")
     from lmforge.tasks.readers import LabelMap
 

@@ -185,7 +185,9 @@ def test_evaluate_takes_src_and_ref_and_predict_writes_hypotheses(mt, corpus, tm
     flags = ["--src_field", "en", "--tgt_field", "de", "--ref_field", "refs"]
     assert main(["evaluate", str(run), "--data", str(jsonl), *flags, "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bleu"] == pytest.approx(last["bleu"])
-    assert main(["predict", str(run), "--input", str(jsonl), "--output", str(tmp_path / "q.txt"), *flags]) == 0
+    assert (
+        main(["predict", str(run), "--input", str(jsonl), "--output", str(tmp_path / "q.txt"), *flags]) == 0
+    )
     assert (tmp_path / "q.txt").read_text() == (tmp_path / "p.txt").read_text()
     with pytest.raises(LmforgeError, match="unknown field option 'text_field'"):
         lmforge.evaluate(str(run), jsonl, fields={"text_field": "en"})

@@ -350,7 +350,7 @@ def export_hf(
     claim_output_folder(out, overwrite=overwrite, what="export hf")
     if pair_head is None:
         pair_head = lm.config.get("objective") in ("mlm+nsp", "mlm+sop")
-    path = write_hf(lm.model, lm.tokenizer, out, pair_head=pair_head)
+    path = write_hf(lm.model, lm.tokenizer, out, pair_head=pair_head, source_tokenizer=lm.source_tokenizer)
     if lm.model_config.arch == "encoder-decoder":
         load_with = "AutoModelForSeq2SeqLM"
     elif lm.model_config.arch != "encoder":

@@ -166,8 +166,9 @@ def build_config(
 def load_backbone(
     source: str | Path, *, from_scratch: bool = False, architecture: ModelConfig | None = None,
     tokenizer: str | Path = "", source_tokenizer: Any = None,
-) -> tuple[Backbone, Any, dict[str, Any]]:  # fmt: skip
-    """(backbone, tokenizer, the source's config dict) from a run directory or a Hugging Face directory.
+) -> tuple[Backbone, Any, dict[str, Any], Any]:  # fmt: skip
+    """(backbone, tokenizer, the source's config dict, the separate source tokenizer of an
+    encoder-decoder or None) from a run directory or a Hugging Face directory.
 
     `from_scratch` keeps the architecture and tokenizer but not the weights: the baseline that
     shows what pretraining is worth. Without a source, `from_scratch` builds `architecture` over
@@ -198,7 +199,7 @@ def load_backbone(
                 f"({info.config['task'].get('model')})"
             )
         lm = load(src)
-        model, tokenizer, config = lm.model, lm.tokenizer, lm.config
+        model, tokenizer, config, source_tokenizer = lm.model, lm.tokenizer, lm.config, lm.source_tokenizer
         if hasattr(model, "discriminator"):  # ELECTRA: the discriminator is the encoder to fine-tune
             model = model.discriminator
     elif (src / "config.json").is_file():
@@ -207,10 +208,11 @@ def load_backbone(
         model, tokenizer = import_hf(src)
         config = {"imported_from": str(src)}
         if model.config.arch == "encoder-decoder":
-            from lmforge.interop.hf_seq2seq import run_config
+            from lmforge.interop.hf_seq2seq import run_config, source_tokenizer_of
             from lmforge.utils.io import read_json
 
             config.update(run_config(src, read_json(src / "config.json")))
+            source_tokenizer = source_tokenizer_of(src)
     else:
         raise LmforgeError(
             f"{src}: neither a run directory (config.yaml) nor a Hugging Face model directory (config.json)"
@@ -218,7 +220,7 @@ def load_backbone(
     if from_scratch:
         torch.manual_seed(0)
         model = build_model(model.config)
-    return Backbone(model.train()), tokenizer, config
+    return Backbone(model.train()), tokenizer, config, source_tokenizer
 
 
 def _new_backbone(
@@ -248,7 +250,8 @@ def _new_backbone(
     if source_tokenizer is not None:
         _check_source_vocab(architecture, source_tokenizer, tokenizer)
     torch.manual_seed(0)
-    return Backbone(build_model(architecture).train()), tokenizer, {"architecture": to_dict(architecture)}
+    model = build_model(architecture).train()
+    return Backbone(model), tokenizer, {"architecture": to_dict(architecture)}, source_tokenizer
 
 
 def _check_source_vocab(architecture: ModelConfig, source_tokenizer: Any, tokenizer: Any) -> None:
@@ -485,10 +488,9 @@ def run_finetuning(
             run_dir, resume=resume, overwrite=overwrite, is_main=info.is_main, barrier=info.barrier
         )
         torch.manual_seed(tcfg.seed)
-        source_tokenizer = load_source_tokenizer(cfg)
-        backbone, tokenizer, source_config = load_backbone(
+        backbone, tokenizer, source_config, source_tokenizer = load_backbone(
             cfg.model, from_scratch=cfg.from_scratch, architecture=cfg.architecture, tokenizer=cfg.tokenizer,
-            source_tokenizer=source_tokenizer,
+            source_tokenizer=load_source_tokenizer(cfg),
         )  # fmt: skip
         start = source_config.get("decoder_start_token_id")
         if cfg.task == "seq2seq" and cfg.decoder_start < 0 and start is not None:

@@ -433,6 +433,7 @@ class LM:
     run_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     kind: str = "lm"
+    source_tokenizer: Any = None  # an encoder-decoder's separate source tokenizer (None: tokenizer's)
 
     def generate(self, prompt: str, **options: Any) -> str:
         """Completion of `prompt` (see lmforge.infer.generate.GenerationConfig for options)."""
@@ -491,6 +492,12 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
     model_cfg, data = model_config_of(run_dir)
     tokenizer = load_run_tokenizer(run_dir)
     check_vocab(model_cfg, tokenizer, str(run_dir / TOKENIZER_FILE))
+    source_tokenizer = load_run_source_tokenizer(run_dir)
+    if source_tokenizer is not None and source_tokenizer.vocab_size > model_cfg.source_vocab:
+        raise LmforgeError(
+            f"{run_dir / SOURCE_TOKENIZER_FILE}: {source_tokenizer.vocab_size} tokens but the encoder has "
+            f"{model_cfg.source_vocab} rows; put the run's own {SOURCE_TOKENIZER_FILE} back"
+        )
     model = build_run_model(model_cfg, data)
     weights_path = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights_path.is_file():
@@ -500,7 +507,7 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
     load_weights(model, weights_path)
     dev = torch.device(device)
     model.to(dev).eval()
-    return LM(model, tokenizer, data, model_cfg, run_dir, dev, info.kind)
+    return LM(model, tokenizer, data, model_cfg, run_dir, dev, info.kind, source_tokenizer)
 
 
 def write_run(
@@ -510,13 +517,16 @@ def write_run(
     model_config: ModelConfig,
     tokenizer: Any,
     config: dict[str, Any] | None = None,
+    source_tokenizer: Any = None,
 ) -> Path:
-    """Write a self-contained language-model run directory (config, tokenizer, weights), as import does."""
+    """Write a self-contained language-model run directory (config, tokenizer, weights), as import
+    does (with an encoder-decoder's separate source tokenizer where it has one)."""
     from lmforge.models.weights import save_weights
 
     run_dir = Path(run_dir)
     config = {**(config or {}), "model": to_dict(model_config)}
-    write_run_config(run_dir, model_kind(model_config), config, tokenizer=tokenizer)
+    kind = model_kind(model_config)
+    write_run_config(run_dir, kind, config, tokenizer=tokenizer, source_tokenizer=source_tokenizer)
     save_weights(model, run_dir / "model.safetensors")
     return run_dir
 

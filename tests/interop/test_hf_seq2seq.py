@@ -13,6 +13,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.beam import BeamConfig, beam_search
 from lmforge.infer.decoding import open_session
 from lmforge.interop.hf import export_hf, import_hf, import_run
+from lmforge.interop.hf_seq2seq import source_tokenizer_of
 from lmforge.models import EncoderDecoder, ModelConfig, build_model
 from lmforge.models.backbone import Backbone
 from lmforge.tokenizer import Tokenizer
@@ -193,6 +194,15 @@ def test_two_vocabularies_export_as_marian_with_both_tokenizers(tmp_path, tokeni
     tgt_hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "target_tokenizer")
     assert src_hf.encode(text, add_special_tokens=False) == source_tok.encode(text) != tokenizer.encode(text)
     assert tgt_hf.encode(text, add_special_tokens=False) == tokenizer.encode(text)
+    # Imported back, the model has both vocabularies and the run both tokenizers.
+    back, target_tok = import_hf(tmp_path)
+    assert back.config.src_vocab_size == VOCAB + 16 and target_tok.sha256 == tokenizer.sha256
+    assert source_tokenizer_of(tmp_path).sha256 == source_tok.sha256
+    assert_same_logits(back, hf, start=PAD)
+    import lmforge
+
+    lmforge.import_hf(tmp_path, tmp_path / "run")
+    assert lmforge.load(str(tmp_path / "run")).source_tokenizer.sha256 == source_tok.sha256
     with pytest.raises(LmforgeError, match="no source tokenizer"):
         export_hf(ours, tokenizer, tmp_path / "again")
     with pytest.raises(LmforgeError, match=r"src_vocab_size=72 .*PegasusForConditionalGeneration"):
@@ -264,6 +274,8 @@ IMPORTS = [  # the eos bonus in final_logits_bias (None: zeros, eos's output row
     ("marian", dict(decoder_start_token_id=PAD, activation_function="relu", scale_embedding=True), 1.5),
     ("marian", dict(decoder_start_token_id=PAD, share_encoder_decoder_embeddings=False, tie_word_embeddings=True,
                     activation_function="gelu"), None),
+    ("marian", dict(decoder_start_token_id=PAD, share_encoder_decoder_embeddings=False, vocab_size=VOCAB + 8,
+                    decoder_vocab_size=VOCAB, activation_function="relu"), 1.0),  # two vocabularies
     ("pegasus", dict(decoder_start_token_id=PAD, activation_function="gelu_new"), 3.0),
     ("mbart", dict(decoder_start_token_id=EOS, tie_word_embeddings=False), 0.0),
 ]  # fmt: skip

@@ -517,7 +517,9 @@ def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:
     directory as (our model, our tokenizer).
 
     Reads config.json, the weights (*.safetensors, else pytorch_model.bin loaded tensors-only) and
-    tokenizer.json (or GPT-2's vocab.json + merges.txt). The model comes back in float32 and in
+    tokenizer.json (or GPT-2's vocab.json + merges.txt, or Marian's SentencePiece files); an
+    encoder-decoder's tokenizer is its target side's (`hf_seq2seq.source_tokenizer_of` gives a
+    separate source one). The model comes back in float32 and in
     eval mode, as `from_pretrained` returns it.
     """
     d = Path(hf_dir)
@@ -605,13 +607,16 @@ def import_run(
         archs = hf_config.get("architectures") or []
         objective = "mlm+nsp" if "BertForPreTraining" in archs else "mlm"
     config: dict[str, Any] = {"imported_from": str(hf_dir), "objective": objective}
+    source_tokenizer = None
     if model.config.arch == "encoder-decoder":
-        from lmforge.interop.hf_seq2seq import run_config
+        from lmforge.interop.hf_seq2seq import run_config, source_tokenizer_of
 
         config.update(run_config(Path(hf_dir), hf_config))
+        source_tokenizer = source_tokenizer_of(hf_dir)
     return model, write_run(
-        run_dir, model=model, model_config=model.config, tokenizer=tokenizer, config=config
-    )
+        run_dir, model=model, model_config=model.config, tokenizer=tokenizer, config=config,
+        source_tokenizer=source_tokenizer,
+    )  # fmt: skip
 
 
 __all__ = ["export_hf", "import_hf", "import_run"]

@@ -428,18 +428,17 @@ def _config_fields(c: dict[str, Any], where: Path, layout: Layout) -> dict[str, 
             )
     if c.get("add_bias_logits"):
         raise LmforgeError(f"{where}: add_bias_logits=true is not supported")
+    # Marian's decoder_vocab_size sizes the decoder's embedding and output layer apart from the
+    # encoder's vocab_size: our vocab_size and src_vocab_size.
     vocab = c["vocab_size"]
-    if mt == "marian" and (c.get("decoder_vocab_size") or vocab) != vocab:
-        raise LmforgeError(
-            f"{where}: decoder_vocab_size={c['decoder_vocab_size']} differs from vocab_size={vocab}; "
-            "two vocabularies do not import (an imported run holds one tokenizer); fine-tune a model of ours "
-            "with --src_tokenizer instead"
-        )
+    target_vocab = (c.get("decoder_vocab_size") or vocab) if mt == "marian" else vocab
+    two = {"src_vocab_size": vocab, "share_embeddings": False} if target_vocab != vocab else {}
     post = layout.norm_position == "post"
     d_model, ffn = c["d_model"], c["encoder_ffn_dim"]
     return {
         "arch": "encoder-decoder",
-        "vocab_size": vocab,
+        "vocab_size": target_vocab,
+        **two,
         "n_layer": c["encoder_layers"],
         "n_dec_layer": None if c["decoder_layers"] == c["encoder_layers"] else c["decoder_layers"],
         "n_head": c["encoder_attention_heads"],
@@ -504,7 +503,7 @@ def from_hf(
             raise KeyError("lm_head.weight")
         shares = c.get("share_encoder_decoder_embeddings", True)
         head = dec if layout.model_type == "marian" and not shares else fallback  # the class's tie
-    share, tie = torch.equal(enc, dec), torch.equal(head, dec)
+    share, tie = enc.shape == dec.shape and torch.equal(enc, dec), torch.equal(head, dec)
     sd["encoder.tok_emb.weight"] = enc
     if not share:
         sd["decoder.tok_emb.weight"] = dec
@@ -588,13 +587,43 @@ def build_imported(
     cfg = ModelConfig(**{**fields, **decided})
     model = EncoderDecoder(cfg)
     load_tensors(model, {k: v.float() for k, v in sd.items()}, str(d))
-    tokenizer = _read_tokenizer(d, model_type)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise LmforgeError(
-            f"{d}: the tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size="
-            f"{cfg.vocab_size}; the tokenizer does not belong to this model"
-        )
+    tokenizer, source = read_tokenizers(d, model_type)
+    for tok, rows, side in ((tokenizer, cfg.vocab_size, "target"), (source, cfg.source_vocab, "source")):
+        if tok is not None and tok.vocab_size > rows:
+            raise LmforgeError(
+                f"{d}: the {side} tokenizer has {tok.vocab_size} tokens but config.json's {side} vocabulary "
+                f"{rows}; the tokenizer does not belong to this model"
+            )
     return model.eval(), tokenizer
+
+
+def read_tokenizers(d: Path, model_type: str) -> tuple[Any, Any]:
+    """(target tokenizer, source tokenizer or None) of an encoder-decoder checkpoint directory.
+
+    One tokenizer.json serves both sides, unless the folder holds two: our two-vocabulary export
+    (tokenizer.json the source's, target_tokenizer/ the target's), or a Marian checkpoint's
+    SentencePiece files (source.spm, target.spm and vocab.json, read by `marian_spm`), whose two
+    segmenters share one vocabulary in most checkpoints."""
+    if (d / TARGET_TOKENIZER_DIR / "tokenizer.json").is_file():
+        return _read_tokenizer(d / TARGET_TOKENIZER_DIR, model_type), _read_tokenizer(d, model_type)
+    if model_type == "marian" and not (d / "tokenizer.json").is_file() and (d / "source.spm").is_file():
+        from lmforge.interop.marian_spm import marian_tokenizers
+
+        source, target = marian_tokenizers(d)
+        return target, (None if source.sha256 == target.sha256 else source)
+    return _read_tokenizer(d, model_type), None
+
+
+def source_tokenizer_of(hf_dir: str | Path) -> Any:
+    """The separate source tokenizer of an encoder-decoder checkpoint directory (see
+    `read_tokenizers`), or None where one tokenizer serves both sides."""
+    from lmforge.utils.io import read_json
+
+    d = Path(hf_dir)
+    model_type = str(read_json(d / "config.json").get("model_type"))
+    if model_type not in LAYOUTS:
+        return None
+    return read_tokenizers(d, model_type)[1]
 
 
 def run_config(d: Path, c: dict[str, Any]) -> dict[str, Any]:
@@ -629,7 +658,9 @@ __all__ = [
     "hf_config",
     "import_seq2seq",
     "layout_of",
+    "read_tokenizers",
     "run_config",
     "seq2seq_parts",
+    "source_tokenizer_of",
     "to_hf",
 ]
