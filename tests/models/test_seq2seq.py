@@ -35,6 +35,7 @@ VARIANTS = [
     {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False},
     {"fused_qkv": False, "n_kv_head": 2, "scale_embeddings": True},
     {"share_embeddings": False, "tie_embeddings": False},
+    {"share_embeddings": False, "src_vocab_size": 77, "position": "sinusoidal_halves"},  # two vocabularies
     {"position": "t5", "relative_buckets": 8, "relative_max_distance": 12, "norm": "rmsnorm", "bias": False},
 ]
 
@@ -104,6 +105,15 @@ def test_embeddings_are_shared_and_tied_three_ways():
     assert m.num_params() == untied.num_params() - 2 * 61 * 32
     assert len(m.decoder.blocks) == 3 and len(m.encoder.blocks) == 2
     assert m.decoder.blocks[0].cross_attn is not None and m.encoder.blocks[0].cross_attn is None
+    two = _model(share_embeddings=False, src_vocab_size=77)
+    assert two.encoder.tok_emb.weight.shape == (77, 32) and two.lm_head.weight.shape == (61, 32)
+    assert two.num_params(non_embedding=True) == two.num_params() - 77 * 32  # the decoder's is the head
+
+
+def test_relative_position_tables_are_not_counted_as_multiply_adds():
+    m = _model(position="t5", relative_buckets=8, relative_max_distance=12)
+    tables = 2 * 8 * 4  # one (buckets, heads) table per stack
+    assert m.num_params(non_embedding=True) == m.num_params() - tables
 
 
 def test_weights_round_trip_and_load_across_the_qkv_layouts(tmp_path):

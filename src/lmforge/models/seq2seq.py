@@ -163,6 +163,8 @@ class EncoderDecoder(nn.Module):
         for stack in (self.encoder, self.decoder):
             if isinstance(getattr(stack, "pos_emb", None), nn.Embedding):
                 n -= stack.pos_emb.weight.numel()
+            if getattr(stack, "rel_bias", None) is not None:  # T5's relative-position table
+                n -= sum(p.numel() for p in stack.rel_bias.parameters())
         embeddings = {id(self.encoder.tok_emb.weight): self.encoder.tok_emb.weight}
         embeddings[id(self.decoder.tok_emb.weight)] = self.decoder.tok_emb.weight
         embeddings.pop(id(self.lm_head.weight), None)  # the output projection does multiply-adds

@@ -195,6 +195,8 @@ class TransformerStack(nn.Module):
         if non_embedding:
             if isinstance(getattr(self, "pos_emb", None), nn.Embedding):
                 n -= self.pos_emb.weight.numel()
+            if getattr(self, "rel_bias", None) is not None:  # T5's table: a lookup, no multiply-adds
+                n -= sum(p.numel() for p in self.rel_bias.parameters())
             if self.type_emb is not None:
                 n -= self.type_emb.weight.numel()
             if not self.config.tie_embeddings:
