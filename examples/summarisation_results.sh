@@ -33,7 +33,7 @@ PY
 train() {
     local name=$1; shift
     [ -f "$OUT/$name/summary.json" ] && return 0
-    local resume=(); [ -d "$OUT/$name/train_state" ] && resume=(--resume)
+    local resume=(); compgen -G "$OUT/$name/train_state/step_*/state.json" > /dev/null && resume=(--resume)
     "$@" --out "$OUT/$name" "${resume[@]}" "${EXTRA[@]}"
 }
 

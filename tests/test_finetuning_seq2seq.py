@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 
@@ -258,6 +259,10 @@ def test_two_tokenizers_give_the_sources_a_vocabulary_of_their_own(corpus, tmp_p
     assert lmforge.info(str(run))["source_tokenizer_vocab"] == en.vocab_size
     out = lmforge.translate(task, ["the dog runs", "a cat sleeps in park"], beam=2)
     assert out[0].lower().startswith("der hund") and "katze" in out[1].lower()
+    assert lmforge.generate(str(run), "the dog runs", beam=2) == out[0]
+    scores = lmforge.evaluate(str(run), corpus["val"])
+    assert scores["bleu"] == pytest.approx(result.best_score)
+    assert lmforge.predict(str(run), corpus["val"])["metrics"]["bleu"] == pytest.approx(scores["bleu"])
     lmforge.average(str(run), tmp_path / "avg", last=1)
     assert (
         lmforge.translate(str(tmp_path / "avg"), ["the dog runs"], beam=2)[0].lower().startswith("der hund")
@@ -266,6 +271,17 @@ def test_two_tokenizers_give_the_sources_a_vocabulary_of_their_own(corpus, tmp_p
         check_run_tokenizer(run, de, "x", source_tokenizer=de)
     with pytest.raises(LmforgeError, match="source tokenizer differs"):
         check_run_tokenizer(run, de, "x")
+    # A joint-vocabulary run written into the folder removes the stale source tokenizer ...
+    from lmforge.run import load_run_source_tokenizer, read_run, write_run_config
+
+    joint = tmp_path / "joint"
+    shutil.copytree(run, joint)
+    write_run_config(joint, "task", read_run(joint).config, tokenizer=de)
+    assert not (joint / "source_tokenizer.json").exists() and load_run_source_tokenizer(joint) is None
+    # ... and one that run.json does not record is refused, not used.
+    shutil.copy(src_tok, joint / "source_tokenizer.json")
+    with pytest.raises(LmforgeError, match="records no source tokenizer"):
+        lmforge.load(str(joint))
     (run / "source_tokenizer.json").write_text(
         (tmp_path / "de.json").read_text(encoding="utf-8"), encoding="utf-8"
     )

@@ -225,7 +225,7 @@ def load_backbone(
 
 def _new_backbone(
     architecture: ModelConfig, tokenizer_file: str | Path, source_tokenizer: Any = None
-) -> tuple[Backbone, Any, dict[str, Any]]:
+) -> tuple[Backbone, Any, dict[str, Any], Any]:
     """A freshly initialised `architecture` (vocab_size 0: the tokenizer's, rounded up to 64; with
     a source tokenizer, src_vocab_size 0 likewise the source's)."""
     from lmforge.models import build_model
@@ -265,13 +265,13 @@ def _check_source_vocab(architecture: ModelConfig, source_tokenizer: Any, tokeni
     if source_tokenizer.eos_id is None:
         raise LmforgeError(
             "--src_tokenizer has no end-of-text token, which every source ends in; train it with lmforge "
-            "tokenizer train (it adds the special tokens)"
+            "tokenizer train --kind bpe, unigram, word or char (wordpiece has none)"
         )
     pad = specials_of(tokenizer, "encoder-decoder").pad
     if pad >= rows:
         raise LmforgeError(
-            f"the target tokenizer's padding id {pad} is outside the source vocabulary ({rows} rows); "
-            "train both tokenizers with lmforge tokenizer train, which gives their special tokens the same ids"
+            f"the target tokenizer's padding id {pad}, which pads the sources too, is outside the source "
+            f"vocabulary ({rows} rows); raise --architecture.src_vocab_size above {pad}"
         )
 
 
@@ -497,8 +497,9 @@ def run_finetuning(
             cfg.decoder_start = int(start)  # saved with the task config, so predictions start alike
         if resume:
             check_run_tokenizer(
-                run_dir, tokenizer, str(cfg.model or cfg.tokenizer), source_tokenizer=source_tokenizer
-            )
+                run_dir, tokenizer, str(cfg.src_tokenizer or cfg.model or cfg.tokenizer),
+                source_tokenizer=source_tokenizer,
+            )  # fmt: skip
         specials = specials_of(tokenizer, backbone.arch)
         max_len = cfg.max_len or backbone.config.max_len
         if max_len > backbone.config.max_len:
@@ -724,6 +725,11 @@ def load_task(
     backbone = Backbone(build_model(from_dict(ModelConfig, data["model"], prefix="model.")))
     tokenizer = load_run_tokenizer(run_dir)
     source_tokenizer = load_run_source_tokenizer(run_dir)
+    if source_tokenizer is not None and source_tokenizer.vocab_size > backbone.config.source_vocab:
+        raise LmforgeError(
+            f"{run_dir / 'source_tokenizer.json'}: {source_tokenizer.vocab_size} tokens but the encoder has "
+            f"{backbone.config.source_vocab} rows; put the run's own source_tokenizer.json back"
+        )
     model = build_task_model(cfg, backbone, labels, None, tokenizer)
     weights = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights.is_file():

@@ -123,6 +123,8 @@ def write_run_config(
         source_tokenizer_sha256 = source_tokenizer.sha256
     if source_tokenizer_sha256:
         header["source_tokenizer_sha256"] = source_tokenizer_sha256
+    else:  # one joint vocabulary: a source tokenizer left by an earlier run in this folder must go
+        (run_dir / SOURCE_TOKENIZER_FILE).unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     atomic_write_json(run_dir / "run.json", header)
 
@@ -186,7 +188,12 @@ def load_run_source_tokenizer(run_dir: str | Path) -> Any:
 
     info = read_run(run_dir)
     path = info.path / SOURCE_TOKENIZER_FILE
-    if info.source_tokenizer_sha256 is None and not path.is_file():
+    if info.source_tokenizer_sha256 is None:
+        if path.is_file():
+            raise LmforgeError(
+                f"{path}: run.json records no source tokenizer, so this file is not the run's (left by an "
+                "earlier run in the folder?); delete it"
+            )
         return None
     if not path.is_file():
         raise LmforgeError(
@@ -212,8 +219,9 @@ def check_run_tokenizer(
     given = source_tokenizer.sha256 if source_tokenizer is not None else None
     if recorded != given and (recorded or given):
         raise LmforgeError(
-            f"{source}: the source tokenizer differs from the one the run in {run_dir} was trained with "
-            f"({SOURCE_TOKENIZER_FILE} and run.json); resume with the same --src_tokenizer"
+            f"{source}: its source tokenizer differs from the one the run in {run_dir} was trained with "
+            f"({SOURCE_TOKENIZER_FILE}, hashed in run.json); resume with the --src_tokenizer or --model the "
+            "run started from"
         )
     recorded = info.tokenizer_sha256
     if recorded and tokenizer.sha256 != recorded:

@@ -174,6 +174,12 @@ def test_top_p_filter_equals_the_sorted_definition_and_descending_equals_torch_s
         assert torch.equal(top_p_filter(logits, p), expected), p
     x = torch.randn(3, 4, 257, generator=g, dtype=torch.float64)
     assert torch.equal(descending(x), torch.sort(x, dim=-1, descending=True).values)
+    for y in (x.half(), x.float().requires_grad_()):  # torch.sort's path, and a tensor with a graph
+        assert torch.equal(descending(y), torch.sort(y.detach(), dim=-1, descending=True).values)
+    tied = torch.tensor([[0.4, 0.2, 0.2, 0.2]]).log()  # the nucleus of 0.5 ends in a three-way tie
+    assert top_p_filter(tied, 0.5).isfinite().tolist() == [[True, True, True, True]]
+    with pytest.raises(ValueError, match="top_p"):
+        top_p_filter(tied, 0.0)
 
 
 def test_sample_categorical_follows_the_probabilities_and_never_draws_zero_mass():

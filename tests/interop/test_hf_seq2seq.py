@@ -205,6 +205,11 @@ def test_two_vocabularies_export_as_marian_with_both_tokenizers(tmp_path, tokeni
     assert lmforge.load(str(tmp_path / "run")).source_tokenizer.sha256 == source_tok.sha256
     with pytest.raises(LmforgeError, match="no source tokenizer"):
         export_hf(ours, tokenizer, tmp_path / "again")
+    # Exported again with one tokenizer, the folder loses its target_tokenizer/.
+    export_hf(
+        ed_model(norm_position="post", emb_norm=False, position="sinusoidal_halves"), tokenizer, tmp_path
+    )
+    assert not (tmp_path / "target_tokenizer").exists() and source_tokenizer_of(tmp_path) is None
     with pytest.raises(LmforgeError, match=r"src_vocab_size=72 .*PegasusForConditionalGeneration"):
         export_hf(
             ed_model(**{**kw, "norm_position": "pre"}), tokenizer, tmp_path / "x", source_tokenizer=source_tok
@@ -292,6 +297,11 @@ def test_import_matches_transformers(tmp_path, tokenizer, kind, kw, eos_bias):
         boost_eos(hf.get_output_embeddings().weight, 2.0)
     hf.save_pretrained(tmp_path)
     tokenizer.save(tmp_path / "tokenizer.json")
+    if kw.get("decoder_vocab_size"):  # two vocabularies need two tokenizers
+        with pytest.raises(LmforgeError, match=r"two vocabularies .* target_tokenizer/"):
+            import_hf(tmp_path)
+        (tmp_path / "target_tokenizer").mkdir()
+        tokenizer.save(tmp_path / "target_tokenizer" / "tokenizer.json")
 
     ours, tok = import_hf(tmp_path)
     assert isinstance(ours, EncoderDecoder) and not ours.training

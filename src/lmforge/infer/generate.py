@@ -87,6 +87,8 @@ def nucleus_threshold(probs: torch.Tensor, p: float) -> torch.Tensor:
     """(B, 1): the probability of the least likely token of each row's top-p nucleus. Only the
     sorted probabilities are needed, not the order: the nucleus is every token at least as likely
     as its last member, a threshold compared in vocabulary order (no scatter back)."""
+    if not p > 0.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
     ranked = descending(probs)  # (B, V)
     mass_before = torch.cumsum(ranked, dim=-1) - ranked  # probability of all higher-ranked tokens
     size = (mass_before < p).sum(dim=-1, keepdim=True)  # >= 1: nothing ranks above the top token
@@ -108,7 +110,9 @@ def sample_categorical(probs: torch.Tensor, rng: torch.Generator | None) -> torc
     running total reaches u times the row's total, u uniform in (0, 1], so a token of zero mass is
     never chosen (its total equals its left neighbour's, which is reached first). The inverse CDF by
     `searchsorted` costs one cumsum, a seventh of torch.multinomial here."""
-    cdf = torch.cumsum(probs, dim=-1)  # (B, V)
+    cdf = torch.cumsum(probs.float(), dim=-1)  # (B, V); half precision would saturate early
+    if cdf.device.type != "cpu":  # a parallel scan may dip by an ulp where a token has no mass
+        cdf = torch.cummax(cdf, dim=-1).values
     u = 1.0 - torch.rand(probs.size(0), 1, generator=rng, device=probs.device, dtype=cdf.dtype)
     return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.size(-1) - 1).squeeze(-1)
 

@@ -54,6 +54,7 @@ fine-tuned seq2seq model, its beam settings. T5 and mT5 checkpoints are imported
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -365,8 +366,7 @@ def export_seq2seq(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.vocab_size}; "
             "export the tokenizer the model was trained with"
         )
-    two_vocabularies = cfg.source_vocab != cfg.vocab_size
-    if tokenizer is not None and two_vocabularies and source_tokenizer is None:
+    if tokenizer is not None and cfg.src_vocab_size and source_tokenizer is None:
         raise LmforgeError(
             f"the model has two vocabularies (src_vocab_size={cfg.src_vocab_size}) but no source tokenizer "
             "was given; export the run, which holds both"
@@ -383,6 +383,8 @@ def export_seq2seq(
         write_safetensors(hf_sd, tmp, metadata={"format": "pt"})
 
     ids: dict[str, int | None] = {"bos_token_id": None}
+    if source_tokenizer is None:  # one tokenizer: a target_tokenizer/ of an earlier export must go
+        shutil.rmtree(out / TARGET_TOKENIZER_DIR, ignore_errors=True)
     if tokenizer is not None:
         target_dir = out / TARGET_TOKENIZER_DIR if source_tokenizer is not None else out
         target_dir.mkdir(exist_ok=True)
@@ -431,7 +433,8 @@ def _config_fields(c: dict[str, Any], where: Path, layout: Layout) -> dict[str, 
     # Marian's decoder_vocab_size sizes the decoder's embedding and output layer apart from the
     # encoder's vocab_size: our vocab_size and src_vocab_size.
     vocab = c["vocab_size"]
-    target_vocab = (c.get("decoder_vocab_size") or vocab) if mt == "marian" else vocab
+    unshared = mt == "marian" and not c.get("share_encoder_decoder_embeddings", True)
+    target_vocab = (c.get("decoder_vocab_size") or vocab) if unshared else vocab  # transformers' rule
     two = {"src_vocab_size": vocab, "share_embeddings": False} if target_vocab != vocab else {}
     post = layout.norm_position == "post"
     d_model, ffn = c["d_model"], c["encoder_ffn_dim"]
@@ -588,6 +591,12 @@ def build_imported(
     model = EncoderDecoder(cfg)
     load_tensors(model, {k: v.float() for k, v in sd.items()}, str(d))
     tokenizer, source = read_tokenizers(d, model_type)
+    if cfg.source_vocab != cfg.vocab_size and source is None:
+        raise LmforgeError(
+            f"{d}: the model has two vocabularies (vocab_size {cfg.source_vocab}, decoder_vocab_size "
+            f"{cfg.vocab_size}) but the folder one tokenizer; put the target side's in {TARGET_TOKENIZER_DIR}/ "
+            "(tokenizer.json there), the source side's staying in the folder"
+        )
     for tok, rows, side in ((tokenizer, cfg.vocab_size, "target"), (source, cfg.source_vocab, "source")):
         if tok is not None and tok.vocab_size > rows:
             raise LmforgeError(

@@ -177,6 +177,11 @@ class Seq2SeqTask:
         tokens = seq2seq_tokens(tokenizer)
         src_tok = source_tokenizer or tokenizer
         src_eos = src_tok.eos_id if source_tokenizer is not None else tokens.eos
+        if src_eos is None:
+            raise LmforgeError(
+                "the source tokenizer has no end-of-text token, which every source ends in; use one trained "
+                "with lmforge tokenizer train --kind bpe, unigram, word or char"
+            )
         src = src_tok.encode_batch([p.src for p in examples])
         tgt = tokenizer.encode_batch([p.tgt for p in examples]) if with_labels else None
         cut_src = cut_tgt = 0
