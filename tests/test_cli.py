@@ -249,6 +249,8 @@ def test_eval_of_a_masked_lm_run_and_an_option_it_does_not_take(tiny_runs, capsy
     assert last_json(out) == lmforge.evaluate(runs["bert"], held).to_dict()
     code, _, err = run_cli(capsys, "eval", str(runs["bert"]), "--data", str(held), "--stride", "8")
     assert code == 2 and "option 'stride' does not apply to a masked-LM run" in err
+    code, _, err = run_cli(capsys, "evaluate", str(runs["bert"]), "--data", str(held), "--src_field", "en")
+    assert code == 2 and "--src_field/--tgt_field/--ref_field apply to seq2seq task runs" in err
 
 
 def test_info_generate_fill_mask_and_export_print_what_the_api_returns(tiny_runs, tmp_path, capsys):

@@ -262,6 +262,11 @@ def evaluate(run: Any, data: Any, *, device: Any = "cpu", **options: Any):
     from lmforge.finetuning import TaskRun, evaluate_task
 
     loaded = _opened(run, device)
+    if options.get("fields") and not isinstance(loaded, TaskRun):
+        raise LmforgeError(
+            f"--src_field/--tgt_field/--ref_field apply to seq2seq task runs; {loaded.run_dir} is a "
+            f"{loaded.model_config.arch} language model"
+        )
     if isinstance(loaded, TaskRun):
         scorer, what = evaluate_task, "a fine-tuned task run"
     elif loaded.model_config.arch == "encoder":
