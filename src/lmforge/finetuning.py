@@ -724,12 +724,7 @@ def load_task(
     labels = LabelMap.load(run_dir / "labels.json")
     backbone = Backbone(build_model(from_dict(ModelConfig, data["model"], prefix="model.")))
     tokenizer = load_run_tokenizer(run_dir)
-    source_tokenizer = load_run_source_tokenizer(run_dir)
-    if source_tokenizer is not None and source_tokenizer.vocab_size > backbone.config.source_vocab:
-        raise LmforgeError(
-            f"{run_dir / 'source_tokenizer.json'}: {source_tokenizer.vocab_size} tokens but the encoder has "
-            f"{backbone.config.source_vocab} rows; put the run's own source_tokenizer.json back"
-        )
+    source_tokenizer = load_run_source_tokenizer(run_dir, backbone.config)
     model = build_task_model(cfg, backbone, labels, None, tokenizer)
     weights = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights.is_file():

@@ -181,9 +181,10 @@ def load_run_tokenizer(run_dir: str | Path) -> Any:
     return tokenizer
 
 
-def load_run_source_tokenizer(run_dir: str | Path) -> Any:
-    """A seq2seq run's separate source tokenizer (source_tokenizer.json, checked against run.json),
-    or None where the run has one joint vocabulary."""
+def load_run_source_tokenizer(run_dir: str | Path, model_config: ModelConfig | None = None) -> Any:
+    """A seq2seq run's separate source tokenizer (source_tokenizer.json, checked against run.json
+    and, given the `model_config`, against the encoder's rows), or None where the run has one joint
+    vocabulary."""
     from lmforge.tokenizer import Tokenizer
 
     info = read_run(run_dir)
@@ -205,6 +206,11 @@ def load_run_source_tokenizer(run_dir: str | Path) -> Any:
         raise LmforgeError(
             f"{path}: not the source tokenizer this run was trained with (its sha256 differs from the "
             f"one in run.json); put the run's own {SOURCE_TOKENIZER_FILE} back"
+        )
+    if model_config is not None and tokenizer.vocab_size > model_config.source_vocab:
+        raise LmforgeError(
+            f"{path}: {tokenizer.vocab_size} tokens but the encoder has {model_config.source_vocab} rows; "
+            f"put the run's own {SOURCE_TOKENIZER_FILE} back"
         )
     return tokenizer
 
@@ -500,12 +506,7 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: st
     model_cfg, data = model_config_of(run_dir)
     tokenizer = load_run_tokenizer(run_dir)
     check_vocab(model_cfg, tokenizer, str(run_dir / TOKENIZER_FILE))
-    source_tokenizer = load_run_source_tokenizer(run_dir)
-    if source_tokenizer is not None and source_tokenizer.vocab_size > model_cfg.source_vocab:
-        raise LmforgeError(
-            f"{run_dir / SOURCE_TOKENIZER_FILE}: {source_tokenizer.vocab_size} tokens but the encoder has "
-            f"{model_cfg.source_vocab} rows; put the run's own {SOURCE_TOKENIZER_FILE} back"
-        )
+    source_tokenizer = load_run_source_tokenizer(run_dir, model_cfg)
     model = build_run_model(model_cfg, data)
     weights_path = Path(weights) if weights else run_dir / "model.safetensors"
     if not weights_path.is_file():

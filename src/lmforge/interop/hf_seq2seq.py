@@ -42,10 +42,11 @@ tensors (older releases always tie the encoder's and decoder's embeddings to `mo
 they load only the shared ones right). A config these classes cannot express (rotary positions,
 RMSNorm, SwiGLU, no biases, grouped-query heads, another norm eps) is refused, naming the field.
 
-A model with two vocabularies (`src_vocab_size`, a separate source tokenizer) exports only as
-Marian, whose `decoder_vocab_size` sizes the decoder's embedding and output layer apart from the
-encoder's `vocab_size`; its folder's tokenizer is the source one and `target_tokenizer/` holds the
-one that decodes outputs (transformers has no fast tokenizer with two vocabularies).
+A run with two tokenizers exports its source one as the folder's tokenizer and the target one,
+which decodes outputs, as `target_tokenizer/` (transformers has no fast tokenizer with two
+vocabularies). Vocabularies of two sizes (`src_vocab_size`) export only as Marian, whose
+`decoder_vocab_size` sizes the decoder's embedding and output layer apart from the encoder's
+`vocab_size`.
 
 An export writes config.json, model.safetensors, the tokenizer files, and a generation_config.json
 with the decoder's start token (our convention: the padding token, else end-of-text) and, for a
@@ -352,9 +353,10 @@ def export_seq2seq(
     """Write an `EncoderDecoder`, or a fine-tuned seq2seq model (its beam settings go to
     generation_config.json), as the checkpoint `AutoModelForSeq2SeqLM.from_pretrained` loads.
 
-    With two vocabularies (Marian's `decoder_vocab_size`), the source tokenizer is the folder's
-    tokenizer (AutoTokenizer encodes the inputs with it) and the target one, which decodes the
-    outputs, is a tokenizer folder of its own, `target_tokenizer/`."""
+    With a `source_tokenizer` (a run with two tokenizers), that one is the folder's tokenizer
+    (AutoTokenizer encodes the inputs with it) and the target one, which decodes the outputs, is a
+    tokenizer folder of its own, `target_tokenizer/`; vocabularies of two sizes need the Marian
+    layout (`decoder_vocab_size`)."""
     parts = seq2seq_parts(model)
     if parts is None:
         raise LmforgeError(f"{type(model).__name__} is not an encoder-decoder")
