@@ -17,6 +17,7 @@ high-water mark around each side's calls (a rough figure: one process holds both
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -38,6 +39,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time ours with compiled steps (compile=True)")
     return p.parse_args()
 
 
@@ -82,6 +84,11 @@ def main() -> None:
             def run_ours(prompts=prompts, gen=gen) -> torch.Tensor:
                 return torch.stack(list(Generation(ours, prompts, gen)), 1)
 
+            compiled_gen = dataclasses.replace(gen, compile=True)
+
+            def run_compiled(prompts=prompts, gen=compiled_gen) -> torch.Tensor:
+                return torch.stack(list(Generation(ours, prompts, gen)), 1)
+
             def run_hf(prompts=prompts, hf_kw=hf_kw) -> torch.Tensor:
                 with torch.inference_mode():
                     return hf.generate(prompts, **hf_kw)[:, args.prompt_len :]
@@ -89,7 +96,10 @@ def main() -> None:
             a, b = run_ours(), run_hf()  # warm-up, and the greedy check
             if not sample:
                 assert torch.equal(a, b), "greedy outputs differ"
-            ours_t, hf_t, ratios = [], [], []
+            if args.compile:
+                c = run_compiled()  # compiles (once per batch size)
+                assert sample or torch.equal(a, c), "compiled greedy outputs differ"
+            ours_t, hf_t, ratios, comp_t = [], [], [], []
             mem = {}
             for _ in range(args.rounds):
                 t0 = time.perf_counter()
@@ -102,13 +112,22 @@ def main() -> None:
                 ours_t.append(t1 - t0)
                 hf_t.append(t2 - t1)
                 ratios.append((t2 - t1) / (t1 - t0))
+                if args.compile:
+                    t3 = time.perf_counter()
+                    run_compiled()
+                    comp_t.append(time.perf_counter() - t3)
             n = batch * args.new_tokens
             row = {"batch": batch, "mode": mode, "ours_tok_s": n / statistics.median(ours_t),
                    "hf_tok_s": n / statistics.median(hf_t), "ratio": statistics.median(ratios),
                    "ratio_min": min(ratios), "ratio_max": max(ratios), "rss_mb": mem}  # fmt: skip
+            if args.compile:
+                row["compiled_tok_s"] = n / statistics.median(comp_t)
+                row["compiled_ratio"] = statistics.median(h / c for h, c in zip(hf_t, comp_t))
             results.append(row)
             print(f"batch {batch} {mode:6s}: ours {row['ours_tok_s']:8.1f} tok/s  hf {row['hf_tok_s']:8.1f} tok/s  "
-                  f"x{row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})", flush=True)  # fmt: skip
+                  f"x{row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
+                  + (f"  compiled {row['compiled_tok_s']:8.1f} tok/s x{row['compiled_ratio']:.2f}"
+                     if args.compile else ""), flush=True)  # fmt: skip
     summary = {
         "bench": "generate_decoder", "config": vars(args), "torch": torch.__version__,
         "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),

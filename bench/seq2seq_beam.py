@@ -54,6 +54,11 @@ def parse() -> argparse.Namespace:
         "--only", choices=["ours", "hf", "ct2", "ct2-int8"], help="one system, for its peak memory"
     )
     p.add_argument("--dir", help="the saved model (made when absent)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ours with compiled decoder steps (BeamConfig.compile)",
+    )
     return p.parse_args()
 
 
@@ -121,16 +126,19 @@ def systems(args: argparse.Namespace, d: Path, names: list[str]) -> dict:
         ours = ours.eval()
         cfg = BeamConfig(num_beams=args.beam, max_new_tokens=args.new_tokens)
 
-        def run_ours() -> int:
+        def run_ours(compiled: bool = False) -> int:
             with torch.inference_mode():
                 for batch in batches:
                     src, mask = padded(batch)
-                    session = open_session(ours, len(batch), args.new_tokens + 1, source=(src, mask))
+                    session = open_session(
+                        ours, len(batch), args.new_tokens + 1, source=(src, mask), compiled=compiled
+                    )
                     start = torch.full((len(batch), 1), pad)
                     beam_search(session, session.prefill(start), cfg, eos_id=EOS, pad_id=pad, history=start)
             return len(rows)
 
         out["ours"] = run_ours
+        out["ours-compiled"] = lambda: run_ours(compiled=True)
     if "hf" in names:
         import transformers
 
@@ -227,7 +235,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         build(args, d)
-        names = ["ours", "hf", "ct2", "ct2-int8"]
+        names = ["ours", "hf", "ct2", "ct2-int8"] + (["ours-compiled"] if args.compile else [])
         run = systems(args, d, names)
         for f in run.values():  # warm-up
             f()
@@ -237,12 +245,13 @@ def main() -> None:
                 t = time.perf_counter()
                 run[n]()
                 times[n].append(time.perf_counter() - t)
-        memory = {n: peak_memory(args, d, n) for n in names}
+        memory = {n: peak_memory(args, d, n) for n in names if n != "ours-compiled"}
     speed = {n: args.sentences / statistics.median(t) for n, t in times.items()}
-    ratio = {f"ours_vs_{n}": statistics.median(times[n][i] / times["ours"][i] for i in range(args.rounds))
-             for n in names if n != "ours"}  # fmt: skip
+    ratio = {f"{o}_vs_{n}": statistics.median(times[n][i] / times[o][i] for i in range(args.rounds))
+             for o in names if o.startswith("ours") for n in names if not n.startswith("ours")}  # fmt: skip
     for n in names:
-        print(f"{n:9s} {speed[n]:7.1f} sentences/s  peak +{memory[n]:.0f} MB")
+        mem = f"  peak +{memory[n]:.0f} MB" if n in memory else ""
+        print(f"{n:13s} {speed[n]:7.1f} sentences/s{mem}")
     print(json.dumps({
         "bench": "seq2seq_beam", "config": vars(args), "torch": torch.__version__,
         "transformers": transformers.__version__, "ctranslate2": ctranslate2.__version__,

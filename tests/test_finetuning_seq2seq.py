@@ -354,3 +354,18 @@ def test_a_seq2seq_run_exports_to_transformers_with_the_same_beam_output(mt, tmp
     # Imported back, it is a pretrained encoder-decoder run that fine-tuning starts from.
     lmforge.import_hf(tmp_path / "hf", tmp_path / "imported")
     assert lmforge.info(str(tmp_path / "imported"))["model"]["arch"] == "encoder-decoder"
+
+
+def test_translate_with_compiled_steps_gives_the_same_outputs(mt, monkeypatch):
+    """`--compile` changes how the decoder's steps run, not what they give (Dynamo's capture only:
+    the tests skip code generation)."""
+    from lmforge.infer import decoding
+
+    monkeypatch.setattr(decoding, "COMPILE_BACKEND", "eager")
+    run, _ = mt
+    texts = ["the dog runs", "a small cat sleeps in house", "two men play in the park"]
+    assert lmforge.translate(str(run), texts, beam=3, compile=True) == lmforge.translate(
+        str(run), texts, beam=3
+    )
+    torch._dynamo.reset()
+    decoding._compiled.cache_clear()

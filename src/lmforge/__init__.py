@@ -239,7 +239,7 @@ def translate(
     """Outputs of a seq2seq run (translation, summarisation) for texts or a file of one source per
     line, written one per line to `output` when given. Options: beam, length_penalty,
     max_new_tokens, no_repeat_ngram (None: the run's own settings), batch_size, overwrite (replace
-    an existing `output`)."""
+    an existing `output`), compile (decoder steps through torch.compile)."""
     from lmforge.finetuning import translate as translate_texts
     from lmforge.utils.device import resolve_device
 

@@ -859,12 +859,14 @@ def translate(
     run: str | Path | TaskRun, input: str | Path | list[str], output: str | Path | None = None, *,
     beam: int | None = None, length_penalty: float | None = None, max_new_tokens: int | None = None,
     no_repeat_ngram: int | None = None, batch_size: int = 64, device: str = "cpu", overwrite: bool = False,
+    compile: bool = False,
 ) -> list[str]:  # fmt: skip
     """Translate (or summarise) with a seq2seq run: texts, or a file of one source per line (or a
     parallel file, whose targets are ignored), into one output per input; the Python twin of
     `lmforge translate`. Options left as None keep the run's decoding settings; `output` gets
     one line per input (blank for a blank input line), replacing an existing file only with
-    `overwrite`."""
+    `overwrite`. `compile` runs the decoder's steps through torch.compile (a one-off compile per
+    process, which pays on large inputs)."""
     import dataclasses
 
     from lmforge.run import claim_output_file
@@ -888,7 +890,7 @@ def translate(
     head = task.model
     original = (head.beam, head.max_new_tokens)
     probe = spec.build_head(cfg, head.backbone, task.labels, None, task.tokenizer)
-    head.beam, head.max_new_tokens = probe.beam, probe.max_new_tokens
+    head.beam, head.max_new_tokens = dataclasses.replace(probe.beam, compile=compile), probe.max_new_tokens
     try:
         if isinstance(input, list):
             examples: list[Any] = [Pair(str(t).strip(), "", i) for i, t in enumerate(input, 1)]

@@ -123,7 +123,9 @@ def add_predict(new: NewCommand) -> None:
 def cmd_translate(ns: argparse.Namespace) -> None:
     import sys
 
-    options = {k: getattr(ns, k) for k in ("beam", "length_penalty", "max_new_tokens", "no_repeat_ngram")}
+    options = {
+        k: getattr(ns, k) for k in ("beam", "length_penalty", "max_new_tokens", "no_repeat_ngram", "compile")
+    }
     source: str | list[str] = ns.input
     if ns.input == "-":
         source = sys.stdin.read().splitlines()
@@ -159,6 +161,10 @@ def add_translate(new: NewCommand) -> None:
         "--max_new_tokens", type=int, help="longest output; 0 = 2 x source + 10 (default: the run's)"
     )
     p.add_argument("--no_repeat_ngram", type=int, help="no n-gram of this size twice (default: the run's)")
+    p.add_argument(
+        "--compile", action="store_true",
+        help="run the decoder's steps through torch.compile (compiles once, tens of seconds; pays on large inputs)",
+    )  # fmt: skip
     add_batch_size_flag(p, 64, "inputs")
     add_device_flag(p)
     add_json_flag(p)

@@ -48,6 +48,7 @@ class BeamConfig:
     early_stopping: bool = True
     no_repeat_ngram_size: int = 0  # no n-gram of this size occurs twice in a hypothesis (0 = off)
     num_return: int = 1  # hypotheses returned per input, best first (<= num_beams)
+    compile: bool = False  # decode steps through torch.compile (compiling takes a while once per process)
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:
@@ -317,7 +318,7 @@ def beam_generate(
     model.eval()
     try:
         with torch.inference_mode():
-            session = open_session(model, B, T + cfg.max_new_tokens)
+            session = open_session(model, B, T + cfg.max_new_tokens, compiled=cfg.compile)
             logits = session.prefill(ids, mask)
             return beam_search(session, logits, cfg, eos_id=eos_id, pad_id=pad_id, history=history)
     finally:

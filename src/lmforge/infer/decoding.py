@@ -15,15 +15,24 @@ Prompts of different lengths are left-padded into one (B, T) batch (`left_pad`),
 row's newest token sits in the last column and one step serves all rows. The mask says which
 columns are real; each row counts its positions from its own first token, so a padded row gets
 the same logits as the same prompt decoded alone (to float rounding).
+
+`open_session(..., compiled=True)` gives a Transformer's session (decoder-only or encoder-decoder)
+whose steps run through `torch.compile`: each step writes at a position held in a tensor and
+attends over the cache's full capacity, with a key mask hiding what is not written yet, so every
+step has the same shapes and one compiled graph serves them all (`CompiledTransformerSession`,
+`CompiledSeq2SeqSession`). The prefill stays eager; the first steps pay the compilation.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.models.config import BASELINE_ARCHS
 
 
@@ -207,23 +216,198 @@ def _inputs_needed(
     return index if per_input == 1 else index.div(per_input, rounding_mode="floor")
 
 
+# ----------------------------------------------------------------------------------------------
+# Compiled steps over fixed shapes
+
+COMPILE_BACKEND = "inductor"
+"""The `torch.compile` backend of compiled sessions (tests use a lighter one)."""
+
+
+class _WriteAt:
+    """A `KVCache`'s buffers as a compiled step uses them: `update` writes this step's keys and
+    values at position `at` (a (1,) tensor, not a Python int, so it is no constant of the graph)
+    and returns every position of the buffers; the step's key mask hides the unwritten ones."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], at: torch.Tensor, cross: Any = None):
+        self.k, self.v, self.at, self._cross = k, v, at, cross
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(1, self.at, k.transpose(1, 2))
+        self.v[layer].index_copy_(1, self.at, v.transpose(1, 2))
+        return self.k[layer].transpose(1, 2), self.v[layer].transpose(1, 2)
+
+    def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._cross[0][layer], self._cross[1][layer]
+
+
+def _decoder_step(
+    model: Any,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    key_mask: torch.Tensor,
+    at: torch.Tensor,
+    k: list[torch.Tensor],
+    v: list[torch.Tensor],
+) -> torch.Tensor:
+    """One step of a decoder-only Transformer: ids (B, 1) at `positions` (B, 1) -> logits (B, V)."""
+    x = model.embed(ids, positions=positions)
+    cache = _WriteAt(k, v, at)
+    x = model.run_blocks(x, rope=model.rotary(1, 0, positions), attn_mask=key_mask, cache=cache)
+    return model.lm_head(x)[:, -1]
+
+
+def _seq2seq_step(
+    model: Any,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    key_mask: torch.Tensor,
+    at: torch.Tensor,
+    k: list[torch.Tensor],
+    v: list[torch.Tensor],
+    cross: tuple[list[torch.Tensor], list[torch.Tensor]],
+    src_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """One decoder step of an encoder-decoder over its cached cross keys/values: logits (B, V)."""
+    dec = model.decoder
+    x = dec.embed(ids, positions=positions)
+    cache = _WriteAt(k, v, at, cross)
+    x = dec.run_blocks(
+        x, rope=dec.rotary(1, 0, positions), attn_mask=key_mask, cache=cache, memory_mask=src_mask
+    )  # fmt: skip
+    if model.config.head_scale != 1.0:
+        x = x * model.config.head_scale
+    return model.lm_head(x)[:, -1]
+
+
+@functools.cache
+def _compiled(step: Callable[..., torch.Tensor], backend: str) -> Callable[..., torch.Tensor]:
+    """`step` under torch.compile, made once per process: later sessions reuse its graphs (a
+    changed batch size or cache capacity recompiles once, with those sizes symbolic)."""
+    return torch.compile(step, backend=backend, fullgraph=True)
+
+
+class _FixedShapeSteps:
+    """What the two compiled sessions share: the write position, the key mask over the whole
+    cache and each row's next position, all on the device and updated in place."""
+
+    cache: Any
+
+    def _start_steps(self, key_mask: torch.Tensor, positions: torch.Tensor) -> None:
+        """After a prefill: key_mask (B, max_len) of the columns written, positions (B,)."""
+        self.at = torch.zeros(1, dtype=torch.long, device=key_mask.device)
+        self.key_mask = key_mask[:, None, None, :].clone()  # (B, 1, 1, max_len)
+        self.positions = positions[:, None].clone()  # (B, 1)
+
+    def _next_column(self) -> int:
+        """Open the next cache column for writing and attending; returns it."""
+        column = self.cache.length
+        if column >= self.cache.max_len:
+            raise LmforgeError(
+                f"KV cache holds {self.cache.max_len} positions and all are used; prefill a shorter window"
+            )
+        self.at.fill_(column)
+        self.key_mask[:, 0, 0, column] = True
+        return column
+
+    def _advance(self, column: int) -> None:
+        self.cache.length = column + 1
+        self.positions += 1
+
+    def _reorder_steps(self, index: torch.Tensor) -> None:
+        index = index.to(self.key_mask.device)
+        self.key_mask = self.key_mask.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+
+
+class CompiledTransformerSession(_FixedShapeSteps, TransformerSession):
+    """A decoder-only Transformer's session whose steps are one compiled graph (see the module
+    docstring); the prefill is `TransformerSession`'s. Greedy outputs equal the eager session's."""
+
+    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super().prefill(ids, attention_mask)
+        B, T = ids.shape
+        if self.mask is None or self.next_pos is None:
+            mask = torch.zeros(B, self.cache.max_len, dtype=torch.bool, device=ids.device)
+            mask[:, :T] = True
+            self._start_steps(mask, torch.full((B,), T, dtype=torch.long, device=ids.device))
+        else:
+            self._start_steps(self.mask, self.next_pos)
+        return logits
+
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        column = self._next_column()
+        step = _compiled(_decoder_step, COMPILE_BACKEND)
+        logits = step(
+            self.model, next_ids[:, None], self.positions, self.key_mask, self.at, self.cache.k, self.cache.v
+        )
+        self._advance(column)
+        return logits
+
+    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
+        self.cache.reorder(index)
+        self._reorder_steps(index)
+
+
+class CompiledSeq2SeqSession(_FixedShapeSteps, Seq2SeqSession):
+    """An encoder-decoder's session whose decoder steps are one compiled graph over the cached
+    cross keys/values; encoding and the prefill are `Seq2SeqSession`'s."""
+
+    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super().prefill(ids, attention_mask)
+        B, T = ids.shape
+        mask = torch.zeros(B, self.cache.max_len, dtype=torch.bool, device=ids.device)
+        mask[:, :T] = True
+        self._start_steps(mask, torch.full((B,), T, dtype=torch.long, device=ids.device))
+        return logits
+
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        column = self._next_column()
+        cache, step = self.cache, _compiled(_seq2seq_step, COMPILE_BACKEND)
+        cross = (cache.cross_k, cache.cross_v)
+        logits = step(
+            self.model, next_ids[:, None], self.positions, self.key_mask, self.at, cache.k, cache.v, cross,
+            self.src_mask,
+        )  # fmt: skip
+        self._advance(column)
+        return logits
+
+    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
+        super().reorder(index, inputs)
+        self._reorder_steps(index)
+
+
+def _compilable(model: Any) -> bool:
+    """Whether a Transformer can take fixed-shape steps: not with T5's relative positions, whose
+    bias depends on how many positions are cached (those models decode eagerly)."""
+    stacks = [model.decoder] if hasattr(model, "decoder") else [model]
+    return all(getattr(s, "rel_bias", None) is None for s in stacks)
+
+
 Source = tuple[torch.Tensor, torch.Tensor | None]
 """An encoder-decoder's input: source ids (B, S) and their padding mask (B, S) (True = real), or None."""
 
 
-def open_session(model: Any, batch_size: int, max_len: int, source: Source | None = None) -> DecodeSession:
+def open_session(
+    model: Any, batch_size: int, max_len: int, source: Source | None = None, *, compiled: bool = False
+) -> DecodeSession:
     """The session that decodes with `model` (eager, in eval mode) for `batch_size` rows of up to
-    `max_len` positions; an encoder-decoder needs the `source` it translates."""
+    `max_len` positions; an encoder-decoder needs the `source` it translates.
+
+    `compiled`: steps through torch.compile over fixed shapes (Transformers without T5 positions;
+    the others, and recurrent baselines, decode eagerly as before).
+    """
     arch = model.config.arch
     if arch in BASELINE_ARCHS:
         return RecurrentSession(model, batch_size, max_len)
+    compiled = compiled and _compilable(model)
     if arch == "encoder-decoder":
         if source is None:
             raise ValueError("an encoder-decoder decodes from a source: pass source=(ids, mask)")
-        return Seq2SeqSession(model, batch_size, max_len, source)
+        session = CompiledSeq2SeqSession if compiled else Seq2SeqSession
+        return session(model, batch_size, max_len, source)
     if source is not None:
         raise ValueError(f"a {arch} model reads no source; put the text in the prompt")
-    return TransformerSession(model, batch_size, max_len)
+    return (CompiledTransformerSession if compiled else TransformerSession)(model, batch_size, max_len)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,6 +423,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 __all__ = [
+    "CompiledSeq2SeqSession",
+    "CompiledTransformerSession",
     "DecodeSession",
     "RecurrentSession",
     "Seq2SeqSession",

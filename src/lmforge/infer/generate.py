@@ -35,6 +35,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # >1 discourages tokens already in the text (CTRL); 1.0 = off
     stop: list[str] = field(default_factory=list)  # stop strings; the output is cut before the first one
     seed: int | None = None  # same seed -> same text (on the same device); None = different every time
+    compile: bool = False  # decode steps through torch.compile (compiling takes a while once per process)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -224,7 +225,7 @@ class Generation:
         try:
             # Only as much cache as this call can use: the whole model.max_len may be huge.
             max_len = min(model.config.max_len, T + gen.max_new_tokens)
-            session = open_session(model, B, max_len, source=self.source)
+            session = open_session(model, B, max_len, source=self.source, compiled=gen.compile)
             logits = self._prefill(session, min(T, session.max_len))
             for step in range(gen.max_new_tokens):
                 next_ids = sample_next(logits, self._history(), gen, rng)  # (B,)

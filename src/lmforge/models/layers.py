@@ -264,7 +264,9 @@ class KVCache:
         index = index.to(self.k[0].device)
         n, L = index.numel(), self.length
         if self._spare is None or self._spare[0][0].size(0) < n:
-            self._spare = tuple([t.new_empty((n, *t.shape[1:])) for t in ts] for ts in (self.k, self.v))
+            # Zeros, not new_empty: a compiled step attends over every column (masking the unwritten
+            # ones), and a masked NaN or inf value would still poison its weighted sum.
+            self._spare = tuple([t.new_zeros((n, *t.shape[1:])) for t in ts] for ts in (self.k, self.v))
         spare_k, spare_v = self._spare
         with torch.no_grad():  # a decoding memory: out= copies take no gradient
             for src, dst in zip(self.k + self.v, spare_k + spare_v, strict=True):

@@ -97,7 +97,9 @@ class Seq2SeqModel(TaskModel):
         beam = beam or self.beam
         beam = dataclasses.replace(beam, max_new_tokens=self.new_tokens(src.size(1)))
         B = src.size(0)
-        session = open_session(self.model, B, beam.max_new_tokens + 1, source=(src, src_mask))
+        session = open_session(
+            self.model, B, beam.max_new_tokens + 1, source=(src, src_mask), compiled=beam.compile
+        )
         start = torch.full((B, 1), self.tokens.start, dtype=torch.long, device=src.device)
         first = session.prefill(start)
         return beam_search(
