@@ -358,14 +358,20 @@ def test_a_seq2seq_run_exports_to_transformers_with_the_same_beam_output(mt, tmp
 
 def test_translate_with_compiled_steps_gives_the_same_outputs(mt, monkeypatch):
     """`--compile` changes how the decoder's steps run, not what they give (Dynamo's capture only:
-    the tests skip code generation)."""
+    the tests skip code generation). `lmforge generate` on a seq2seq run passes its flags on as
+    strings: "false" must not compile."""
     from lmforge.infer import decoding
 
     monkeypatch.setattr(decoding, "COMPILE_BACKEND", "eager")
+    steps = []
+    run_step = decoding._run_step
+    monkeypatch.setattr(decoding, "_run_step", lambda *a: steps.append(1) or run_step(*a))
     run, _ = mt
     texts = ["the dog runs", "a small cat sleeps in house", "two men play in the park"]
-    assert lmforge.translate(str(run), texts, beam=3, compile=True) == lmforge.translate(
-        str(run), texts, beam=3
-    )
-    torch._dynamo.reset()
-    decoding._compiled.cache_clear()
+    try:
+        eager = lmforge.translate(str(run), texts, beam=3)
+        assert lmforge.generate_batch(str(run), texts, beam="3", compile="false") == eager and not steps
+        assert lmforge.translate(str(run), texts, beam=3, compile=True) == eager and steps
+    finally:
+        torch._dynamo.reset()
+        decoding._compiled.cache_clear()

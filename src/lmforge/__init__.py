@@ -244,7 +244,20 @@ def translate(
     from lmforge.utils.device import resolve_device
 
     _check_options(translate_texts, {k: v for k, v in options.items() if k != "device"}, "a seq2seq run")
-    return translate_texts(run, input, output, device=resolve_device(device), **options)
+    return translate_texts(
+        run, input, output, device=resolve_device(device), **_typed(translate_texts, options)
+    )
+
+
+def _typed(fn: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """`options` converted to the types `fn` declares: `lmforge generate` passes its flags as
+    strings, and a seq2seq run sends them on to `translate` ('false' is not False)."""
+    import typing
+
+    from lmforge.config import coerce
+
+    hints = typing.get_type_hints(fn)
+    return {k: coerce(v, hints[k], k) if k in hints else v for k, v in options.items()}
 
 
 def evaluate(run: Any, data: Any, *, device: Any = "cpu", **options: Any):

@@ -27,13 +27,27 @@ pytestmark = pytest.mark.xdist_group("compile")  # one worker: dynamo's caches a
 
 
 @pytest.fixture(autouse=True)
-def dynamo_only(monkeypatch):
+def compiled_steps(monkeypatch):
+    """Dynamo only, and a count of the compiled steps taken (so a test cannot pass eagerly)."""
     monkeypatch.setattr(decoding, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     decoding._compiled.cache_clear()
-    yield
+    calls = []
+    compiled = decoding._compiled
+
+    def counting(step, backend):
+        fn = compiled(step, backend)
+
+        def run(*args):
+            calls.append(step.__name__)
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(decoding, "_compiled", counting)
+    yield calls
     torch._dynamo.reset()
-    decoding._compiled.cache_clear()
+    compiled.cache_clear()
 
 
 def decoder(**kw):
@@ -59,22 +73,49 @@ def decode(model, ids, mask, **gen):
     [{}, dict(norm="rmsnorm", position="rope", activation="swiglu", n_kv_head=1, bias=False),
      dict(position="sinusoidal")],
 )  # fmt: skip
-def test_compiled_greedy_equals_eager_with_padding_and_a_sliding_window(layout):
+def test_compiled_greedy_equals_eager_with_padding_and_a_sliding_window(layout, compiled_steps):
     model = decoder(**layout)
     ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], pad_id=0)
     # 30 new tokens outgrow the 24 positions: the window slides (an eager prefill, then steps again).
     eager = decode(model, ids, mask, max_new_tokens=30)
+    assert not compiled_steps
     compiled = decode(model, ids, mask, max_new_tokens=30, compile=True)
     assert compiled.tolist() == eager.tolist()
+    assert 0 < len(compiled_steps) < 29  # steps compiled, the slides' prefills eager
 
 
-def test_compiled_sampling_equals_eager_with_the_same_seed():
+def test_compiled_sampling_equals_eager_with_the_same_seed(compiled_steps):
     model = decoder()
     ids = torch.tensor([[3, 4, 5], [6, 7, 8]])
     gen = dict(temperature=0.9, top_p=0.9, seed=7, max_new_tokens=12)
     eager = torch.stack(list(generate_ids(model, ids, GenerationConfig(**gen))), 1)
     compiled = torch.stack(list(generate_ids(model, ids, GenerationConfig(**gen, compile=True))), 1)
-    assert compiled.tolist() == eager.tolist()
+    assert compiled.tolist() == eager.tolist() and len(compiled_steps) == 11
+
+
+def test_compiled_steps_under_autocast_cast_into_the_cache_as_eager_ones_do(compiled_steps):
+    model = decoder()
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = decode(model, ids, None, max_new_tokens=6)
+        compiled = decode(model, ids, None, max_new_tokens=6, compile=True)
+    assert compiled.tolist() == eager.tolist() and compiled_steps
+
+
+def test_past_the_recompile_limit_steps_run_eagerly(monkeypatch):
+    """Many models or shapes in one process exhaust Dynamo's graphs: decoding goes on, eagerly."""
+
+    def exhausted(step, backend):
+        def run(*args):
+            raise torch._dynamo.exc.FailOnRecompileLimitHit("recompile limit reached")
+
+        return run
+
+    monkeypatch.setattr(decoding, "_compiled", exhausted)
+    model = decoder()
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    compiled = decode(model, ids, mask, max_new_tokens=8, compile=True)
+    assert compiled.tolist() == decode(model, ids, mask, max_new_tokens=8).tolist()
 
 
 def test_compiled_session_reorders_rows_like_the_eager_one():
@@ -95,7 +136,7 @@ def test_compiled_session_reorders_rows_like_the_eager_one():
         )  # fmt: skip
 
 
-def test_compiled_decoder_beam_search_equals_eager():
+def test_compiled_decoder_beam_search_equals_eager(compiled_steps):
     model = decoder()
     ids, mask = left_pad([[5, 6, 7], [8, 9]], pad_id=0)
     cfg = dict(num_beams=3, max_new_tokens=8, no_repeat_ngram_size=2, num_return=2)
@@ -103,7 +144,7 @@ def test_compiled_decoder_beam_search_equals_eager():
     compiled = beam_generate(
         model, ids, BeamConfig(**cfg, compile=True), eos_id=1, pad_id=0, attention_mask=mask
     )
-    assert compiled.tokens.tolist() == eager.tokens.tolist()
+    assert compiled.tokens.tolist() == eager.tokens.tolist() and compiled_steps
     torch.testing.assert_close(compiled.scores, eager.scores)
 
 

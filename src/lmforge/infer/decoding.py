@@ -232,8 +232,9 @@ class _WriteAt:
         self.k, self.v, self.at, self._cross = k, v, at, cross
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer].index_copy_(1, self.at, k.transpose(1, 2))
-        self.v[layer].index_copy_(1, self.at, v.transpose(1, 2))
+        # Cast as the eager cache's slice assignment does (under autocast k, v may be bf16).
+        self.k[layer].index_copy_(1, self.at, k.transpose(1, 2).to(self.k[layer].dtype))
+        self.v[layer].index_copy_(1, self.at, v.transpose(1, 2).to(self.v[layer].dtype))
         return self.k[layer].transpose(1, 2), self.v[layer].transpose(1, 2)
 
     def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,9 +282,20 @@ def _seq2seq_step(
 
 @functools.cache
 def _compiled(step: Callable[..., torch.Tensor], backend: str) -> Callable[..., torch.Tensor]:
-    """`step` under torch.compile, made once per process: later sessions reuse its graphs (a
-    changed batch size or cache capacity recompiles once, with those sizes symbolic)."""
+    """`step` under torch.compile, made once per process: later sessions reuse its graphs. A new
+    batch size or cache capacity recompiles (the second time with those sizes symbolic), and so
+    do another model and another grad mode; past Dynamo's recompile limit, `_run_step` decodes
+    eagerly instead."""
     return torch.compile(step, backend=backend, fullgraph=True)
+
+
+def _run_step(step: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """`step(*args)` compiled, or eagerly (the same function, the same result) once Dynamo has
+    made as many graphs of it as it allows: many models, or many shapes, in one process."""
+    try:
+        return _compiled(step, COMPILE_BACKEND)(*args)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        return step(*args)
 
 
 class _FixedShapeSteps:
@@ -314,6 +326,8 @@ class _FixedShapeSteps:
         self.positions += 1
 
     def _reorder_steps(self, index: torch.Tensor) -> None:
+        if not hasattr(self, "key_mask"):  # no prefill yet: nothing of the steps' to reorder
+            return
         index = index.to(self.key_mask.device)
         self.key_mask = self.key_mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
@@ -336,15 +350,15 @@ class CompiledTransformerSession(_FixedShapeSteps, TransformerSession):
 
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         column = self._next_column()
-        step = _compiled(_decoder_step, COMPILE_BACKEND)
-        logits = step(
-            self.model, next_ids[:, None], self.positions, self.key_mask, self.at, self.cache.k, self.cache.v
-        )
+        logits = _run_step(
+            _decoder_step, self.model, next_ids[:, None], self.positions, self.key_mask, self.at, self.cache.k,
+            self.cache.v,
+        )  # fmt: skip
         self._advance(column)
         return logits
 
     def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
-        self.cache.reorder(index)
+        super().reorder(index, inputs)  # the cache, and the prefill's mask and positions
         self._reorder_steps(index)
 
 
@@ -362,10 +376,10 @@ class CompiledSeq2SeqSession(_FixedShapeSteps, Seq2SeqSession):
 
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         column = self._next_column()
-        cache, step = self.cache, _compiled(_seq2seq_step, COMPILE_BACKEND)
+        cache = self.cache
         cross = (cache.cross_k, cache.cross_v)
-        logits = step(
-            self.model, next_ids[:, None], self.positions, self.key_mask, self.at, cache.k, cache.v, cross,
+        logits = _run_step(
+            _seq2seq_step, self.model, next_ids[:, None], self.positions, self.key_mask, self.at, cache.k, cache.v, cross,
             self.src_mask,
         )  # fmt: skip
         self._advance(column)
