@@ -865,8 +865,8 @@ def translate(
     parallel file, whose targets are ignored), into one output per input; the Python twin of
     `lmforge translate`. Options left as None keep the run's decoding settings; `output` gets
     one line per input (blank for a blank input line), replacing an existing file only with
-    `overwrite`. `compile` runs the decoder's steps through torch.compile (a one-off compile per
-    process, which pays on large inputs)."""
+    `overwrite`. `compile` runs the decoder's steps through torch.compile (the first batches pay
+    the compiling; it pays on large inputs)."""
     import dataclasses
 
     from lmforge.run import claim_output_file

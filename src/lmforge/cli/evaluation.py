@@ -163,7 +163,7 @@ def add_translate(new: NewCommand) -> None:
     p.add_argument("--no_repeat_ngram", type=int, help="no n-gram of this size twice (default: the run's)")
     p.add_argument(
         "--compile", action="store_true",
-        help="run the decoder's steps through torch.compile (compiles once, tens of seconds; pays on large inputs)",
+        help="run the decoder's steps through torch.compile (the first batches pay tens of seconds of compiling)",
     )  # fmt: skip
     add_batch_size_flag(p, 64, "inputs")
     add_device_flag(p)

@@ -48,7 +48,9 @@ class BeamConfig:
     early_stopping: bool = True
     no_repeat_ngram_size: int = 0  # no n-gram of this size occurs twice in a hypothesis (0 = off)
     num_return: int = 1  # hypotheses returned per input, best first (<= num_beams)
-    compile: bool = False  # decode steps through torch.compile (compiling takes a while once per process)
+    compile: bool = (
+        False  # decode steps through torch.compile (the first steps pay tens of seconds of compiling)
+    )
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:

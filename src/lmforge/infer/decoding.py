@@ -299,16 +299,32 @@ def _run_step(step: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
 
 
 class _FixedShapeSteps:
-    """What the two compiled sessions share: the write position, the key mask over the whole
-    cache and each row's next position, all on the device and updated in place."""
+    """What the two compiled sessions add to the eager ones (it comes first in their bases): the
+    write position, the key mask over the whole cache and each row's next position, all on the
+    device and updated in place; set up after the eager prefill, reordered with the rows."""
 
     cache: Any
+    key_mask: torch.Tensor | None = None  # (B, 1, 1, max_len) the columns written; None before a prefill
 
-    def _start_steps(self, key_mask: torch.Tensor, positions: torch.Tensor) -> None:
-        """After a prefill: key_mask (B, max_len) of the columns written, positions (B,)."""
-        self.at = torch.zeros(1, dtype=torch.long, device=key_mask.device)
-        self.key_mask = key_mask[:, None, None, :].clone()  # (B, 1, 1, max_len)
-        self.positions = positions[:, None].clone()  # (B, 1)
+    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super().prefill(ids, attention_mask)  # type: ignore[misc]
+        B, T = ids.shape
+        mask, next_pos = getattr(self, "mask", None), getattr(self, "next_pos", None)  # a padded decoder's
+        if mask is None or next_pos is None:
+            mask = torch.zeros(B, self.cache.max_len, dtype=torch.bool, device=ids.device)
+            mask[:, :T] = True
+            next_pos = torch.full((B,), T, dtype=torch.long, device=ids.device)
+        self.at = torch.zeros(1, dtype=torch.long, device=ids.device)
+        self.key_mask = mask[:, None, None, :].clone()
+        self.positions = next_pos[:, None].clone()  # (B, 1)
+        return logits
+
+    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
+        super().reorder(index, inputs)  # type: ignore[misc]  # the cache (and a decoder's padding)
+        if self.key_mask is not None:
+            index = index.to(self.key_mask.device)
+            self.key_mask = self.key_mask.index_select(0, index)
+            self.positions = self.positions.index_select(0, index)
 
     def _next_column(self) -> int:
         """Open the next cache column for writing and attending; returns it."""
@@ -317,6 +333,7 @@ class _FixedShapeSteps:
             raise LmforgeError(
                 f"KV cache holds {self.cache.max_len} positions and all are used; prefill a shorter window"
             )
+        assert self.key_mask is not None, "prefill before stepping"
         self.at.fill_(column)
         self.key_mask[:, 0, 0, column] = True
         return column
@@ -325,28 +342,10 @@ class _FixedShapeSteps:
         self.cache.length = column + 1
         self.positions += 1
 
-    def _reorder_steps(self, index: torch.Tensor) -> None:
-        if not hasattr(self, "key_mask"):  # no prefill yet: nothing of the steps' to reorder
-            return
-        index = index.to(self.key_mask.device)
-        self.key_mask = self.key_mask.index_select(0, index)
-        self.positions = self.positions.index_select(0, index)
-
 
 class CompiledTransformerSession(_FixedShapeSteps, TransformerSession):
     """A decoder-only Transformer's session whose steps are one compiled graph (see the module
     docstring); the prefill is `TransformerSession`'s. Greedy outputs equal the eager session's."""
-
-    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = super().prefill(ids, attention_mask)
-        B, T = ids.shape
-        if self.mask is None or self.next_pos is None:
-            mask = torch.zeros(B, self.cache.max_len, dtype=torch.bool, device=ids.device)
-            mask[:, :T] = True
-            self._start_steps(mask, torch.full((B,), T, dtype=torch.long, device=ids.device))
-        else:
-            self._start_steps(self.mask, self.next_pos)
-        return logits
 
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         column = self._next_column()
@@ -357,22 +356,10 @@ class CompiledTransformerSession(_FixedShapeSteps, TransformerSession):
         self._advance(column)
         return logits
 
-    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
-        super().reorder(index, inputs)  # the cache, and the prefill's mask and positions
-        self._reorder_steps(index)
-
 
 class CompiledSeq2SeqSession(_FixedShapeSteps, Seq2SeqSession):
     """An encoder-decoder's session whose decoder steps are one compiled graph over the cached
     cross keys/values; encoding and the prefill are `Seq2SeqSession`'s."""
-
-    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = super().prefill(ids, attention_mask)
-        B, T = ids.shape
-        mask = torch.zeros(B, self.cache.max_len, dtype=torch.bool, device=ids.device)
-        mask[:, :T] = True
-        self._start_steps(mask, torch.full((B,), T, dtype=torch.long, device=ids.device))
-        return logits
 
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         column = self._next_column()
@@ -384,10 +371,6 @@ class CompiledSeq2SeqSession(_FixedShapeSteps, Seq2SeqSession):
         )  # fmt: skip
         self._advance(column)
         return logits
-
-    def reorder(self, index: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
-        super().reorder(index, inputs)
-        self._reorder_steps(index)
 
 
 def _compilable(model: Any) -> bool:

@@ -35,7 +35,9 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # >1 discourages tokens already in the text (CTRL); 1.0 = off
     stop: list[str] = field(default_factory=list)  # stop strings; the output is cut before the first one
     seed: int | None = None  # same seed -> same text (on the same device); None = different every time
-    compile: bool = False  # decode steps through torch.compile (compiling takes a while once per process)
+    compile: bool = (
+        False  # decode steps through torch.compile (the first steps pay tens of seconds of compiling)
+    )
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
