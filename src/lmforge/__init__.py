@@ -40,6 +40,7 @@ from lmforge.errors import LmforgeError
 from lmforge.version import __version__
 
 __all__ = [
+    "Chat",
     "LmforgeError",
     "__version__",
     "average",
@@ -93,16 +94,21 @@ def _language_model(run: Any, device: Any, **kwargs: Any):
 
 def _seq2seq_run(run: Any, device: Any):
     """`run` loaded, when it is a seq2seq task run (whose generation is translation); else None."""
+    return _task_run_of(run, device, "seq2seq")
+
+
+def _task_run_of(run: Any, device: Any, task: str):
+    """`run` loaded, when it is a task run of `task`; else None."""
     from lmforge.finetuning import TaskRun
 
     if isinstance(run, (str, Path)):
         from lmforge.run import read_run
 
         info = read_run(run)
-        if info.kind != "task" or info.config.get("task", {}).get("task") != "seq2seq":
+        if info.kind != "task" or info.config.get("task", {}).get("task") != task:
             return None
         run = load(run, device=device)
-    return run if isinstance(run, TaskRun) and run.config.task == "seq2seq" else None
+    return run if isinstance(run, TaskRun) and run.config.task == task else None
 
 
 def _continues_text(lm: Any):
@@ -323,6 +329,53 @@ def generate_stream(run: Any, prompt: str, *, device: Any = "cpu", **options: An
     return generate_text(lm.model, lm.tokenizer, prompt, from_dict(GenerationConfig, options))
 
 
+def Chat(
+    run: Any, *, device: Any = "cpu", system: str | None = None, chat_template: str | None = None,
+    **options: Any,
+):  # fmt: skip
+    """A conversation with a chat run (or any decoder run or Hugging Face model folder, given a
+    template): `.send(text)` returns the reply, `.stream(text)` yields it piece by piece,
+    `.reset()`, `.system`, `.save(path)`. `chat_template` (plain, chatml, a .jinja file) replaces
+    the model's own; options are GenerationConfig fields (temperature, top_p, max_new_tokens, ...)."""
+    from lmforge.chat_template import resolve_template
+    from lmforge.infer.chat import ChatSession
+
+    model, tokenizer = _chat_model(run, device)
+    template = resolve_template(chat_template)[0] if chat_template else None
+    if template and any(tokenizer.token_to_id(t) is None for t in resolve_template(chat_template)[1]):
+        raise LmforgeError(
+            f"--chat_template {chat_template} needs tokens this model's vocabulary lacks; fine-tune it with "
+            f"lmforge finetune chat --chat_template {chat_template}, or use --chat_template plain"
+        )
+    return ChatSession(model, tokenizer, template=template, system=system, **options)
+
+
+def _chat_model(run: Any, device: Any) -> tuple[Any, Any]:
+    """(decoder, tokenizer) of a chat task run, a language-model run or a Hugging Face folder."""
+    from lmforge.finetuning import TaskRun
+    from lmforge.utils.device import resolve_device
+
+    if (
+        isinstance(run, (str, Path))
+        and not (Path(run) / "config.yaml").is_file()
+        and (Path(run) / "config.json").is_file()
+    ):
+        from lmforge.interop.hf import import_hf
+
+        model, tokenizer = import_hf(run)
+        return model.to(resolve_device(device)).eval(), tokenizer
+    loaded = _opened(run, device)
+    if isinstance(loaded, TaskRun):
+        if loaded.config.task != "chat":
+            raise LmforgeError(
+                f"{loaded.run_dir} is a {loaded.config.task} run; chat with a chat or language-model run"
+            )
+        return loaded.model.model, loaded.tokenizer
+    if getattr(loaded.model.config, "arch", None) != "decoder":
+        raise LmforgeError(f"{loaded.run_dir} is not a decoder; chat needs a GPT-like language model")
+    return loaded.model, loaded.tokenizer
+
+
 def generate(run: Any, prompt: str, *, device: Any = "cpu", **options: Any) -> str:
     """The whole completion of `prompt` (without the prompt); options as for `generate_stream`."""
     return "".join(generate_stream(run, prompt, device=device, **options))
@@ -362,6 +415,13 @@ def export_hf(
         claim_output_folder(out, overwrite=overwrite, what="export hf")
         path = write_hf(seq2seq.model, seq2seq.tokenizer, out, source_tokenizer=seq2seq.source_tokenizer)
         return {"out": str(path), "load_with": "AutoModelForSeq2SeqLM"}
+    chat = _task_run_of(run, "cpu", "chat")
+    if chat is not None:  # a chat run is its decoder, with the chat template beside the tokenizer
+        if Path(out).resolve() == Path(chat.run_dir).resolve():
+            raise LmforgeError(f"export hf {out}: that is the run being exported; give another output folder")
+        claim_output_folder(out, overwrite=overwrite, what="export hf")
+        path = write_hf(chat.model.model, chat.tokenizer, out)
+        return {"out": str(path), "load_with": "AutoModelForCausalLM"}
     lm = _language_model(run, "cpu")
     if Path(out).resolve() == Path(lm.run_dir).resolve():
         raise LmforgeError(f"export hf {out}: that is the run being exported; give another output folder")

@@ -50,7 +50,7 @@ from lmforge.train.config import TrainConfig
 
 @dataclass
 class FinetuneConfig:
-    task: str = "classify"  # a key of lmforge.tasks.registry.TASKS: classify | ner | qa | seq2seq
+    task: str = "classify"  # a key of lmforge.tasks.registry.TASKS: classify | ner | qa | seq2seq | chat
     # the pretrained run directory (encoder, decoder or encoder-decoder) or a Hugging Face model
     # directory; none with --from_scratch true: a new `architecture` over --tokenizer
     model: str = ""
@@ -106,6 +106,10 @@ class FinetuneConfig:
     # seq2seq: the decoder's first input id; -1 = the one the model was trained with (an imported
     # checkpoint's decoder_start_token_id), else the tokenizer's padding token (else end-of-text)
     decoder_start: int = -1
+    # chat: the template conversations are rendered with; auto = the model's own (an imported or
+    # chat run's), else plain; plain | chatml (adds <|im_start|>, <|im_end|>) | a .jinja file
+    chat_template: str = "auto"
+    pack: bool = False  # chat: short conversations share training rows (each attends only to itself)
     tokenizer: str = ""  # --from_scratch without --model: the tokenizer.json of the new model
     # seq2seq --from_scratch without --model: a separate tokenizer.json for the sources (two
     # vocabularies; --tokenizer then encodes and decodes the targets); none = --tokenizer for both
@@ -492,6 +496,7 @@ def run_finetuning(
             cfg.model, from_scratch=cfg.from_scratch, architecture=cfg.architecture, tokenizer=cfg.tokenizer,
             source_tokenizer=load_source_tokenizer(cfg),
         )  # fmt: skip
+        _prepare_tokenizer(spec, cfg, backbone, tokenizer)
         start = source_config.get("decoder_start_token_id")
         if cfg.task == "seq2seq" and cfg.decoder_start < 0 and start is not None:
             cfg.decoder_start = int(start)  # saved with the task config, so predictions start alike
@@ -555,6 +560,21 @@ def run_finetuning(
         teardown_distributed(finished=finished)
 
 
+def _prepare_tokenizer(spec: TaskSpec, cfg: FinetuneConfig, backbone: Backbone, tokenizer: Any) -> None:
+    """A task that sets up the tokenizer first (chat: its template, and the tokens the template
+    needs) does it here; the embedding grows to hold added tokens (in steps of 64 rows)."""
+    prepare = getattr(spec, "prepare", None)
+    if prepare is None:
+        return
+    added = prepare(cfg, tokenizer)
+    model = backbone.model
+    if added and tokenizer.vocab_size > model.config.vocab_size:
+        model.resize_vocab(64 * math.ceil(tokenizer.vocab_size / 64))
+        backbone.config = model.config
+        print(f"note: added {', '.join(added)} to the vocabulary; the embedding now has "
+              f"{model.config.vocab_size} rows", file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _warn_if_at_chance(chance: dict[str, tuple[float, str]], result: Any) -> None:
     """A run whose kept dev score is no better than a model that learned nothing gets a hint."""
     metric, score = result.select_metric, result.best_score
@@ -595,6 +615,9 @@ def _training_data(
     train = featurize(
         spec, cfg, train_path, train_examples, tokenizer, specials, labels, max_len, source_tokenizer=st
     )
+    pack = getattr(spec, "pack_features", None)
+    if pack is not None:
+        pack(cfg, train, max_len)
     dev = None
     if cfg.dev_file:
         dev_path = Path(cfg.dev_file)
@@ -808,12 +831,16 @@ def predict(run: str | Path | TaskRun, input: str | Path, output: str | Path | N
     task = with_fields(run if isinstance(run, TaskRun) else load_task(run, device=device), fields)
     cfg, path = task.config, Path(input)
     data, gold = _input_data(task, path)
-    outputs = run_predictions(task.model, data, batch_size, task.pad_id, task.device, task_spec(cfg.task))
+    spec = task_spec(cfg.task)
+    outputs = run_predictions(task.model, data, batch_size, task.pad_id, task.device, spec)
     result: dict[str, Any] = {"input": str(path), "examples": len(data.examples)}
+    replies = _responses(task, data, batch_size)
+    if replies is not None:
+        outputs["replies"] = replies["rows"]
     if gold:
         result["metrics"] = score(cfg, data, outputs, task.labels)["metrics"]
+        result["metrics"].update(replies["metrics"] if replies else {})
     out = Path(output) if output else None
-    spec = task_spec(cfg.task)
     result["predictions"] = spec.write_predictions(cfg, data, outputs, task.labels, out, gold)
     if out:
         result["output"] = str(out)
@@ -835,6 +862,10 @@ def evaluate_task(run: str | Path | TaskRun, data: str | Path, *, batch_size: in
         run_predictions(task.model, feats, batch_size, task.pad_id, task.device, task_spec(cfg.task)),
         task.labels,
     )
+    replies = _responses(task, feats, batch_size)
+    if replies is not None:
+        scored["metrics"].update(replies["metrics"])
+        scored["report_text"] += replies["report_text"]
     out = {
         "run": str(task.run_dir),
         "data": str(path),
@@ -850,6 +881,15 @@ def evaluate_task(run: str | Path | TaskRun, data: str | Path, *, batch_size: in
     atomic_write_text(base.with_suffix(".txt"), scored["report_text"])
     out["report_text"] = scored["report_text"]
     return out
+
+
+def _responses(task: TaskRun, data: TaskData, batch_size: int) -> dict[str, Any] | None:
+    """A task that generates free text besides scoring it (chat: a reply to every assistant turn,
+    BLEU-1/2 and distinct-1/2) does it here; None for the others."""
+    respond = getattr(task_spec(task.config.task), "respond", None)
+    if respond is None:
+        return None
+    return respond(task.config, task.model, task.tokenizer, data.examples, batch_size=batch_size)
 
 
 # ------------------------------------------------------------------------------------------- translate

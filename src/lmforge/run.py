@@ -37,6 +37,7 @@ import torch
 import yaml
 from torch import nn
 
+from lmforge.chat_template import TEMPLATE_FILE as CHAT_TEMPLATE_FILE
 from lmforge.config import from_dict, load_yaml, to_dict
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
@@ -55,6 +56,7 @@ STARTED_ENTRIES = frozenset(
         "config.yaml",
         "tokenizer.json",
         SOURCE_TOKENIZER_FILE,
+        CHAT_TEMPLATE_FILE,
         "labels.json",
         LOCK_FILE,
         "metrics.jsonl",
@@ -78,6 +80,7 @@ class RunInfo:
     config: dict[str, Any]
     tokenizer_sha256: str | None = None  # None for runs written before runs recorded it
     source_tokenizer_sha256: str | None = None  # a separate source tokenizer's (seq2seq), else None
+    chat_template_sha256: str | None = None  # the chat template's, where the tokenizer has one
 
 
 def _lmforge_version() -> str:
@@ -107,7 +110,8 @@ def write_run_config(
     different tokenizer of the same size (which the vocabulary check cannot tell apart) is caught
     when the run is loaded or resumed. `tokenizer_sha256` records a hash without writing the file
     (a config rebuilt from a checkpoint). `source_tokenizer` (a seq2seq run with two vocabularies)
-    goes to source_tokenizer.json, its hash beside the other."""
+    goes to source_tokenizer.json, its hash beside the other. A tokenizer's `chat_template` goes
+    to chat_template.jinja, hashed too."""
     if kind not in RUN_KINDS:
         raise ValueError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
     run_dir = Path(run_dir)
@@ -116,6 +120,16 @@ def write_run_config(
     if tokenizer is not None:
         tokenizer.save(run_dir / TOKENIZER_FILE)
         tokenizer_sha256 = tokenizer.sha256
+        template = getattr(tokenizer, "chat_template", None)
+        if template:
+            atomic_write_text(run_dir / CHAT_TEMPLATE_FILE, template)
+            header["chat_template_sha256"] = _text_sha256(template)
+        else:  # a template left by an earlier run in this folder is not this tokenizer's
+            (run_dir / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
+    elif (run_dir / CHAT_TEMPLATE_FILE).is_file():  # a config rebuilt from a checkpoint keeps its template
+        header["chat_template_sha256"] = _text_sha256(
+            (run_dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+        )
     if tokenizer_sha256:
         header["tokenizer_sha256"] = tokenizer_sha256
     if source_tokenizer is not None:
@@ -127,6 +141,12 @@ def write_run_config(
         (run_dir / SOURCE_TOKENIZER_FILE).unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     atomic_write_json(run_dir / "run.json", header)
+
+
+def _text_sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _legacy_kind(config: dict[str, Any]) -> str:
@@ -163,7 +183,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
     kind = header.get("kind")
     if kind not in RUN_KINDS:
         raise LmforgeError(f"{header_path}: unknown run kind {kind!r}; upgrade lmforge to use this run")
-    hashes = [header.get(k) for k in ("tokenizer_sha256", "source_tokenizer_sha256")]
+    hashes = [header.get(k) for k in ("tokenizer_sha256", "source_tokenizer_sha256", "chat_template_sha256")]
     return RunInfo(run_dir, kind, version, config, *(h if isinstance(h, str) else None for h in hashes))
 
 
@@ -178,7 +198,26 @@ def load_run_tokenizer(run_dir: str | Path) -> Any:
             f"{info.path / TOKENIZER_FILE}: not the tokenizer this run was trained with (its sha256 differs "
             "from the one in run.json); put the run's own tokenizer.json back"
         )
+    tokenizer.chat_template = _run_chat_template(info)
     return tokenizer
+
+
+def _run_chat_template(info: RunInfo) -> str | None:
+    """The run's chat_template.jinja (checked against run.json), or None where it has none."""
+    path = info.path / CHAT_TEMPLATE_FILE
+    if info.chat_template_sha256 is None:
+        return None
+    if not path.is_file():
+        raise LmforgeError(
+            f"{path}: missing, but run.json records a chat template; put the run's own {CHAT_TEMPLATE_FILE} back"
+        )
+    text = path.read_text(encoding="utf-8")
+    if _text_sha256(text) != info.chat_template_sha256:
+        raise LmforgeError(
+            f"{path}: not the chat template this run was trained with (its sha256 differs from the one in "
+            f"run.json); put the run's own {CHAT_TEMPLATE_FILE} back"
+        )
+    return text
 
 
 def load_run_source_tokenizer(run_dir: str | Path, model_config: ModelConfig | None = None) -> Any:

@@ -366,6 +366,9 @@ class Tokenizer:
         self.cls_id: int | None = ids.get("cls")
         self.sep_id: int | None = ids.get("sep")
         self._fast = hasattr(backend, "encode_batch_fast")
+        # A Jinja chat template (lmforge.chat_template), stored beside tokenizer.json as
+        # chat_template.jinja the way transformers stores it; None until a chat run sets one.
+        self.chat_template: str | None = None
 
     # ----------------------------------------------------------------------------- construction
     @classmethod

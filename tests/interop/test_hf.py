@@ -287,3 +287,45 @@ def test_import_reads_only_sound_files_inside_the_model_folder(tmp_path, tokeniz
     index.write_text(json.dumps({"metadata": {}, "weight_map": {"wte.weight": "shard-1.safetensors"}}))
     ours, _ = import_hf(hf_dir)  # an index naming the shard beside it is followed
     assert ours.config.n_layer == random_config("gpt2", 1).n_layer
+
+
+def test_chat_template_travels_both_ways(tmp_path, tokenizer):
+    """An exported chat model's tokenizer renders and masks as ours; both of transformers' storage
+    places are read back on import, and generation stops at the end of a turn."""
+    from lmforge import chat_template as ct
+
+    backend = type(tokenizer.backend).from_str(tokenizer.backend.to_str())  # a copy: the fixture is shared
+    backend.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok = Tokenizer.from_backend(backend)
+    tok.chat_template = ct.TEMPLATES["chatml"]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, d_model=16, max_len=32)).eval()
+    out = export_hf(model, tok, tmp_path / "hf")
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == ct.TEMPLATES["chatml"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == ct.TEMPLATES["chatml"]
+    im_end = tok.token_to_id("<|im_end|>")
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == sorted(
+        {tok.eos_id, im_end}
+    )
+
+    messages = [{"role": "user", "content": "The quick fox"}, {"role": "assistant", "content": "你好 dog"}]
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    got = hf.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ours = ct.encode_chat(tok, messages, tok.chat_template)
+    assert list(got["input_ids"]) == ours.ids and list(got["assistant_masks"]) == [
+        int(m) for m in ours.assistant
+    ]
+
+    assert import_hf(out)[1].chat_template == ct.TEMPLATES["chatml"]
+    (out / "chat_template.jinja").unlink()  # older exports: the tokenizer_config.json entry only
+    assert import_hf(out)[1].chat_template == ct.TEMPLATES["chatml"]
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config["chat_template"] = [
+        {"name": "tool_use", "template": "x"},
+        {"name": "default", "template": "{{ 1 }}"},
+    ]
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    assert import_hf(out)[1].chat_template == "{{ 1 }}"
+    del config["chat_template"]
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    assert import_hf(out)[1].chat_template is None

@@ -166,3 +166,24 @@ def test_entity_scores_equal_conlleval_on_a_prediction_file_with_broken_chunks()
     ours = ner_metrics(gold_sents, pred_sents)
     ref = _conlleval(lines)
     assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx(ref)
+
+
+def test_bleu_up_to_order_n_and_distinct_n():
+    """BLEU-1/2 are sacreBLEU's BLEU with --max-ngram-order; distinct-n counts n-grams by hand."""
+    import sacrebleu
+
+    from lmforge.tasks import metrics
+
+    hyps = ["the cat sat on the mat .", "a dog ! a dog !", "hi"]
+    refs = ["the cat is on the mat .", "there is a dog !", "hello there"]
+    for n in (1, 2):
+        want = sacrebleu.metrics.BLEU(max_ngram_order=n).corpus_score(hyps, [refs]).score
+        assert metrics.bleu(hyps, refs, max_order=n)["bleu"] == pytest.approx(want)
+    # BLEU-1 by hand: clipped unigram matches 6 + 3 + 0 of 7 + 6 + 1, equal lengths (no brevity penalty)
+    assert metrics.bleu(hyps, refs, max_order=1)["bleu"] == pytest.approx(100 * 9 / 14)
+    # 13a tokens: 7 + 6 + 1 = 14 unigrams, 10 distinct (the, cat, sat, on, mat, ., a, dog, !, hi)
+    assert metrics.distinct(hyps, 1) == pytest.approx(100 * 10 / 14)
+    # bigrams: 6 + 5 + 0 = 11; repeated: "a dog", "dog !" -> 11 - 2 = 9 distinct
+    assert metrics.distinct(hyps, 2) == pytest.approx(100 * 9 / 11)
+    assert metrics.distinct(["hi"], 2) == 0.0
+    assert metrics.distinct(["你好你好"], 1) == pytest.approx(50.0)  # characters, as BLEU's zh tokens

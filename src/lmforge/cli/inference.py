@@ -73,3 +73,89 @@ def add_fill_mask(new: NewCommand) -> None:
     add_device_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_fill_mask)
+
+
+CHAT_HELP = """commands: /reset (forget the conversation), /system TEXT (set the system message; /system
+alone clears it), /save FILE (append the conversation to a JSONL file chat fine-tuning reads),
+/history, /quit (or Ctrl-D)"""
+
+
+def cmd_chat(ns: argparse.Namespace) -> None:
+    from lmforge.errors import LmforgeError
+    from lmforge.infer.generate import GenerationConfig
+
+    options = namespace_overrides(ns, GenerationConfig)
+    chat = lmforge.Chat(ns.run, device=ns.device, system=ns.system, chat_template=ns.chat_template, **options)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {ns.run}; {CHAT_HELP}", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if _chat_command(chat, text):
+                break
+            continue
+        if interactive:
+            print("assistant> ", end="", flush=True)
+        try:
+            for piece in chat.stream(text):
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:  # stop this reply, keep the conversation
+            print(" [interrupted]", end="")
+        except LmforgeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(flush=True)
+
+
+def _chat_command(chat, text: str) -> bool:
+    """Run a /command of the chat prompt; True to quit."""
+    name, _, arg = text.partition(" ")
+    arg = arg.strip()
+    if name in ("/quit", "/exit"):
+        return True
+    if name == "/reset":
+        chat.reset()
+        print("(conversation cleared)", file=sys.stderr)
+    elif name == "/system":
+        chat.system = arg or None
+        print(f"(system message {'set' if arg else 'cleared'})", file=sys.stderr)
+    elif name == "/save":
+        if not arg:
+            print("usage: /save FILE.jsonl", file=sys.stderr)
+        else:
+            print(f"(saved to {chat.save(arg)})", file=sys.stderr)
+    elif name == "/history":
+        for m in chat.history():
+            print(f"{m['role']}: {m['content']}", file=sys.stderr)
+    else:
+        print(f"unknown command {name}; {CHAT_HELP}", file=sys.stderr)
+    return False
+
+
+def add_chat(new: NewCommand) -> None:
+    from lmforge.infer.chat import CHAT_DEFAULTS
+    from lmforge.infer.generate import GenerationConfig
+
+    p = new("chat", "talk to a chat run in the terminal: streamed replies, multi-turn history")
+    p.add_argument(
+        "run", help="a chat run (lmforge finetune chat), a decoder run or a Hugging Face model folder"
+    )
+    p.add_argument("--system", default=None, help="the system message the conversation starts with")
+    p.add_argument(
+        "--chat_template", default=None,
+        help="plain | chatml | a .jinja file, instead of the model's own template (default: the model's)",
+    )  # fmt: skip
+    add_device_flag(p)
+    add_dataclass_flags(p, GenerationConfig, shown_defaults={k: str(v) for k, v in CHAT_DEFAULTS.items()})
+    p.epilog = CHAT_HELP
+    p.set_defaults(func=cmd_chat)

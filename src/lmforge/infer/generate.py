@@ -11,7 +11,7 @@ completion, `generate_batch` the completions of several prompts decoded together
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +152,8 @@ def _new_generator(device: torch.device, seed: int | None) -> torch.Generator:
 class Generation:
     """One batched generation run: iterate it for the next token ids (B,) of every row, one step at a time.
 
-    A row is finished once it has produced `eos_id` (which is yielded) or its caller `finish`es it
+    A row is finished once it has produced `eos_id` (which is yielded; several ids may end a row,
+    e.g. a chat's end-of-turn token and end-of-text, the first of them padding) or its caller `finish`es it
     (a stop string, seen in the text); a finished row keeps producing `pad_id` (default: eos_id,
     else 0), and `done` (B,) says which rows are. The run ends after `gen.max_new_tokens` steps or
     when every row is done. Rows can only finish early when there is an eos_id or `finish` was
@@ -173,7 +174,7 @@ class Generation:
         prompt_ids: torch.Tensor,
         gen: GenerationConfig,
         *,
-        eos_id: int | None = None,
+        eos_id: int | Sequence[int] | None = None,
         attention_mask: torch.Tensor | None = None,
         pad_id: int | None = None,
         source: Source | None = None,
@@ -189,15 +190,17 @@ class Generation:
             )
         # Decode with the eager module: a torch.compile'd one would recompile for every cache length.
         self.model = getattr(model, "_orig_mod", model)
-        self.gen, self.eos_id = gen, eos_id
-        self.pad_id = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+        ends = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else [int(e) for e in eos_id]
+        self.gen, self.eos_id = gen, (ends[0] if ends else None)
+        self.pad_id = pad_id if pad_id is not None else (ends[0] if ends else 0)
         self.device = next(self.model.parameters()).device
+        self._ends = torch.tensor(ends, dtype=torch.long, device=self.device) if ends else None
         self.ids = prompt_ids.to(device=self.device, dtype=torch.long)  # (B, T): everything so far
         self.mask = (
             None if attention_mask is None else attention_mask.to(device=self.device, dtype=torch.bool)
         )
         self.done = torch.zeros(self.ids.size(0), dtype=torch.bool, device=self.device)
-        self._may_end = eos_id is not None
+        self._may_end = self._ends is not None
         self.source = (
             None
             if source is None
@@ -232,8 +235,8 @@ class Generation:
             for step in range(gen.max_new_tokens):
                 next_ids = sample_next(logits, self._history(), gen, rng)  # (B,)
                 next_ids = next_ids.masked_fill(self.done, self.pad_id)
-                if self.eos_id is not None:
-                    self.done |= next_ids == self.eos_id
+                if self._ends is not None:
+                    self.done |= torch.isin(next_ids, self._ends)
                 yield next_ids
                 if step == gen.max_new_tokens - 1 or (self._may_end and bool(self.done.all())):
                     return
@@ -265,13 +268,13 @@ def generate_ids(
     prompt_ids: torch.Tensor,
     gen: GenerationConfig,
     *,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) of each prompt row in `prompt_ids` (B, T), one step at a time.
 
-    Stops after `gen.max_new_tokens`, or once every row has yielded `eos_id` (finished rows yield
-    eos_id meanwhile). Left-padded prompts of different lengths pass their `attention_mask`
+    Stops after `gen.max_new_tokens`, or once every row has yielded `eos_id` (or one of several
+    ids; finished rows yield the first meanwhile). Left-padded prompts of different lengths pass their `attention_mask`
     (B, T), True for real tokens (see `lmforge.infer.decoding.left_pad`). See `Generation`.
     """
     return iter(Generation(model, prompt_ids, gen, eos_id=eos_id, attention_mask=attention_mask))
@@ -356,18 +359,26 @@ class _TextStream:
         return self.pending[:cut] if cut >= 0 else self.pending
 
 
-def generate_text(model: Any, tokenizer: Any, prompt: str, gen: GenerationConfig) -> Iterator[str]:
-    """Stream the completion of `prompt` as text pieces, as soon as they are printable.
+def generate_text(
+    model: Any, tokenizer: Any, prompt: str | list[int], gen: GenerationConfig, *,
+    end_ids: Sequence[int] | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """Stream the completion of `prompt` (text, or its token ids) as text pieces, as soon as they
+    are printable.
 
     Pieces are UTF-8 safe and never show a stop string or the start of one (see `_TextStream`);
-    generation ends at eos or before the first stop string.
+    generation ends at eos (or any of `end_ids`, a chat's end-of-turn tokens) or before the first
+    stop string.
     """
     eos_id = getattr(tokenizer, "eos_id", None)
-    prompt_ids = _prompt_ids(tokenizer, prompt)
+    ends = list(end_ids) if end_ids else ([] if eos_id is None else [eos_id])
+    prompt_ids = _prompt_ids(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
     stream = _TextStream(tokenizer, prompt_ids, gen.stop)
-    for next_ids in generate_ids(model, torch.tensor([prompt_ids], dtype=torch.long), gen, eos_id=eos_id):
+    for next_ids in generate_ids(
+        model, torch.tensor([prompt_ids], dtype=torch.long), gen, eos_id=ends or None
+    ):
         token = int(next_ids[0])
-        if token == eos_id:
+        if token in ends:
             break
         piece = stream.push(token)
         if piece:
@@ -379,20 +390,26 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, gen: GenerationConfig
         yield tail
 
 
-def generate_batch(model: Any, tokenizer: Any, prompts: list[str], gen: GenerationConfig) -> list[str]:
-    """The completions of several prompts, decoded together as one left-padded batch.
+def generate_batch(
+    model: Any, tokenizer: Any, prompts: list[str] | list[list[int]], gen: GenerationConfig, *,
+    end_ids: Sequence[int] | None = None,
+) -> list[str]:  # fmt: skip
+    """The completions of several prompts (texts, or their token ids), decoded together as one
+    left-padded batch.
 
-    Each row ends on its own at eos or its first stop string; per row the text is what `generate`
-    gives for that prompt alone (greedy decoding; sampling draws from one RNG for the batch).
-    Without stop strings the tokens stay on the device until the end; with them, each step's tokens
-    are read once to find the stop strings, and the rows that reached one are finished.
+    Each row ends on its own at eos (or any of `end_ids`: a chat's end-of-turn tokens) or its
+    first stop string; per row the text is what `generate` gives for that prompt alone (greedy
+    decoding; sampling draws from one RNG for the batch). Without stop strings the tokens stay on
+    the device until the end; with them, each step's tokens are read once to find the stop
+    strings, and the rows that reached one are finished.
     """
     if not prompts:
         return []
-    eos_id = getattr(tokenizer, "eos_id", None)
-    rows = [_prompt_ids(tokenizer, p) for p in prompts]
-    ids, mask = left_pad(rows, eos_id if eos_id is not None else 0)
-    run = Generation(model, ids, gen, eos_id=eos_id, attention_mask=mask)
+    eos = getattr(tokenizer, "eos_id", None)
+    ends = list(end_ids) if end_ids else ([] if eos is None else [eos])
+    rows = [_prompt_ids(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
+    ids, mask = left_pad(rows, ends[0] if ends else 0)
+    run = Generation(model, ids, gen, eos_id=ends or None, attention_mask=mask)
     streams = [_TextStream(tokenizer, r, gen.stop) for r in rows]
     texts: list[list[str]] = [[] for _ in rows]
     ended = [False] * len(rows)  # eos or a stop string: no more tokens for this row
@@ -403,7 +420,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], gen: Generati
         for i, (token, stream) in enumerate(zip(tokens, streams)):
             if ended[i]:
                 continue
-            if token == eos_id:
+            if token in ends:
                 ended[i] = True
                 continue
             texts[i].append(stream.push(token))

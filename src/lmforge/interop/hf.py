@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from lmforge.chat_template import TEMPLATE_FILE as CHAT_TEMPLATE_FILE
 from lmforge.errors import LmforgeError
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
@@ -206,16 +207,20 @@ def _write_tokenizer(tokenizer: Any, out: Path, model_max_length: int) -> dict[s
     roles = dict(getattr(tokenizer, "special_tokens", {}) or {})
     special = {f"{role}_token": roles[role] for role in _HF_ROLE_KEYS if role in roles}
     atomic_write_json(out / "special_tokens_map.json", special)
-    atomic_write_json(
-        out / "tokenizer_config.json",
-        {
-            # The generic fast tokenizer loads tokenizer.json exactly as it is.
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": model_max_length,
-            "clean_up_tokenization_spaces": False,
-            **special,
-        },
-    )
+    config: dict[str, Any] = {
+        # The generic fast tokenizer loads tokenizer.json exactly as it is.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+    template = getattr(tokenizer, "chat_template", None)
+    if template:  # both places transformers reads it from, older releases the config entry only
+        config["chat_template"] = template
+        atomic_write_text(out / CHAT_TEMPLATE_FILE, template)
+    else:
+        (out / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
+    atomic_write_json(out / "tokenizer_config.json", config)
     ids = {
         role: tokenizer.backend.token_to_id(roles[role]) if role in roles else None
         for role in ("bos", "eos", "pad")
@@ -291,7 +296,15 @@ def export_hf(
     hf_cfg.update(token_ids)
     hf_cfg["torch_dtype"] = str(next(iter(hf_sd.values())).dtype).removeprefix("torch.")
     atomic_write_json(out / "config.json", hf_cfg)
-    atomic_write_json(out / "generation_config.json", {"_from_model_config": True, **token_ids})
+    generation = {"_from_model_config": True, **token_ids}
+    template = getattr(tokenizer, "chat_template", None)
+    if template:  # generate() stops at the end of an assistant turn (<|im_end|>) as well as at eos
+        from lmforge.chat_template import turn_end_ids
+
+        ends = turn_end_ids(tokenizer, template)
+        if len(ends) > 1:
+            generation["eos_token_id"] = ends
+    atomic_write_json(out / "generation_config.json", generation)
     return out
 
 
@@ -509,7 +522,22 @@ def _read_tokenizer(d: Path, model_type: str) -> Any:
         if role not in tok.special_tokens and token_id is not None:
             tok.special_tokens[role] = token
             setattr(tok, f"{role}_id", token_id)
+    tok.chat_template = _read_chat_template(d)
     return tok
+
+
+def _read_chat_template(d: Path) -> str | None:
+    """A model folder's chat template: chat_template.jinja, else tokenizer_config.json's entry (a
+    string, or a list of named templates of which "default" is the one transformers uses)."""
+    if (d / CHAT_TEMPLATE_FILE).is_file():
+        return (d / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    if not (d / "tokenizer_config.json").is_file():
+        return None
+    entry = read_json(d / "tokenizer_config.json").get("chat_template")
+    if isinstance(entry, list):
+        named = {t.get("name"): t.get("template") for t in entry if isinstance(t, dict)}
+        entry = named.get("default")
+    return entry if isinstance(entry, str) and entry else None
 
 
 def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, Any]:

@@ -227,6 +227,7 @@ class Transformer(TransformerStack):
         features: bool = False,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size).
 
@@ -237,6 +238,11 @@ class Transformer(TransformerStack):
         tokens, over the cached and the new positions alike, and `positions` (B, T), each row's own
         positions (counted from its first real token). A padded query sees only itself, so nothing
         turns into NaN; real queries never see padding.
+
+        Packed rows (several documents or conversations one after another, no cache) pass
+        `segments` (B, T), the index of the document each token belongs to: a token attends only
+        to the earlier tokens of its own document, so packing changes no document's logits when
+        `positions` restart at each document too.
 
         With `features`, returns instead the final hidden states (B, T, d_model) that the LM head
         reads: objectives fuse `output_layer()` with the loss on those (`clm_loss`), which never
@@ -253,12 +259,43 @@ class Transformer(TransformerStack):
             )
         x = self.embed(idx, start=start, positions=positions)
         mask = None if attention_mask is None else _key_mask(attention_mask, T)
+        if segments is not None:
+            if cache is not None or mask is not None:
+                raise LmforgeError(
+                    "packed segments are for training and scoring: pass no cache or attention_mask"
+                )
+            mask = (segments[:, :, None] == segments[:, None, :])[:, None]  # (B, 1, T, T); causal below
         x = self.run_blocks(x, rope=self.rotary(T, start, positions), attn_mask=mask, cache=cache)
         if cache is not None:
             cache.length += T
         if features:
             return x
         return self.lm_head(x)  # (B, T, vocab_size)
+
+    def resize_vocab(self, vocab_size: int) -> None:
+        """Grow the token embedding (and an untied LM head) to `vocab_size` rows, for tokens added
+        to the tokenizer (a chat template's): the new rows start at the mean of the old ones, so a
+        new token begins as an average word rather than as noise (Hewitt's recipe)."""
+        import dataclasses
+
+        old = self.config.vocab_size
+        if vocab_size <= old:
+            return
+        weight = self.tok_emb.weight
+        grown = nn.Embedding(vocab_size, weight.size(1), device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            grown.weight[:old] = weight
+            grown.weight[old:] = weight.mean(0)
+        self.tok_emb = grown
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        else:
+            head = nn.Linear(weight.size(1), vocab_size, bias=False, device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                head.weight[:old] = self.lm_head.weight
+                head.weight[old:] = self.lm_head.weight.mean(0)
+            self.lm_head = head
+        self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def output_layer(self) -> OutputLayer:
         """The LM head as the objectives' fused loss takes it (no bias)."""

@@ -27,6 +27,9 @@ PAD_VALUES = {
     "word_pos": 0,
     "word_labels": IGNORE,
     "target_ids": IGNORE,  # an encoder-decoder's targets (the decoder's inputs are these shifted)
+    "lm_labels": IGNORE,  # chat: the next token where the assistant wrote it
+    "segments": -1,  # packed rows: the conversation of each token (padding: a segment of its own)
+    "positions": 0,  # packed rows: each token's position within its conversation
 }
 
 

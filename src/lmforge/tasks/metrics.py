@@ -208,8 +208,9 @@ def _reference_streams(sets: Sequence[tuple[str, ...]]) -> list[list[str | None]
 
 
 def bleu(
-    hypotheses: Sequence[str], references: References, *, tokenize: str = "auto", lowercase: bool = False
-) -> dict[str, Any]:
+    hypotheses: Sequence[str], references: References, *, tokenize: str = "auto", lowercase: bool = False,
+    max_order: int = 4,
+) -> dict[str, Any]:  # fmt: skip
     """Corpus BLEU (×100) by sacreBLEU, against one or several references per hypothesis, with its
     signature.
 
@@ -218,12 +219,14 @@ def bleu(
     n-gram counts up to its most frequent use in any reference; the brevity penalty takes the
     reference length closest to the hypothesis'). `lowercase` with the default 13a tokenizer gives
     the "tokenised, lowercased" BLEU many papers report (`sacrebleu -lc`); it is not comparable to
-    cased BLEU.
+    cased BLEU. `max_order` 1 or 2 gives the BLEU-1 / BLEU-2 of dialogue papers: the geometric
+    mean of the n-gram precisions up to that order, times the brevity penalty
+    (`sacrebleu --max-ngram-order`).
     """
     sets = _reference_sets(hypotheses, references)
     sb = _require("sacrebleu", "seq2seq")
     tok = bleu_tokenizer([refs[0] for refs in sets]) if tokenize == "auto" else tokenize
-    metric = sb.metrics.BLEU(tokenize=tok, lowercase=lowercase)
+    metric = sb.metrics.BLEU(tokenize=tok, lowercase=lowercase, max_ngram_order=max_order)
     result = metric.corpus_score(list(hypotheses), _reference_streams(sets))
     return {
         "bleu": float(result.score),
@@ -234,6 +237,20 @@ def bleu(
         "ref_len": int(result.ref_len),
         "text": str(result),
     }
+
+
+def distinct(hypotheses: Sequence[str], n: int, *, tokenize: str = "auto") -> float:
+    """Distinct-n (Li et al. 2016), ×100: the distinct n-grams among all n-grams of all the
+    hypotheses together. Words are sacreBLEU's tokens (13a, or characters for Chinese: `zh`),
+    the ones BLEU counts; a hypothesis shorter than n adds none. 0 when there is no n-gram."""
+    sb = _require("sacrebleu", "seq2seq")
+    tok = bleu_tokenizer(list(hypotheses)) if tokenize == "auto" else tokenize
+    split = sb.metrics.BLEU(tokenize=tok).tokenizer
+    grams: list[tuple[str, ...]] = []
+    for hyp in hypotheses:
+        words = split(hyp).split()
+        grams += [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
 
 
 def chrf(hypotheses: Sequence[str], references: References) -> dict[str, Any]:

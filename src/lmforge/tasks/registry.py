@@ -4,7 +4,7 @@ saved config all name a key of `TASKS`. Adding a task is one spec module and one
 from __future__ import annotations
 
 from lmforge.errors import LmforgeError
-from lmforge.tasks import classify, ner, qa, seq2seq
+from lmforge.tasks import chat, classify, ner, qa, seq2seq
 from lmforge.tasks.spec import TaskSpec
 
 TASKS: dict[str, TaskSpec] = {
@@ -12,6 +12,7 @@ TASKS: dict[str, TaskSpec] = {
     "ner": ner.SPEC,
     "qa": qa.SPEC,
     "seq2seq": seq2seq.SPEC,
+    "chat": chat.SPEC,
 }
 
 
