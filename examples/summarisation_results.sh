@@ -21,7 +21,7 @@ EXTRA=("$@")
 mkdir -p "$OUT/corpus"
 
 # The pretraining text: WikiText-2 and the training abstracts (no dev or test text), one per line.
-cp "$DATA/wikitext2/wiki.train.tokens" "$OUT/corpus/"
+cp "$DATA/wikitext2/wiki.train.tokens" "$OUT/corpus/wiki.train.txt"  # a folder is read by extension
 python - "$D/train.jsonl" "$OUT/corpus/scitldr_abstracts.txt" <<'PY'
 import json, sys
 with open(sys.argv[2], "w", encoding="utf-8") as out:

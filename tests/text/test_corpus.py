@@ -188,7 +188,7 @@ def test_directory_of_only_empty_files_is_an_error(tmp_path):
 # ---------------------------------------------------------------------------------- specs
 
 
-def test_directory_is_recursive_sorted_and_filtered(tmp_path):
+def test_directory_is_recursive_sorted_and_filtered(tmp_path, capsys):
     d = tmp_path / "corpus"
     write(d / "b.txt", "b\n")
     write(d / "a.md", "a\n")
@@ -205,6 +205,9 @@ def test_directory_is_recursive_sorted_and_filtered(tmp_path):
         "sub/d.jsonl",
     ]  # .md notes are skipped
     assert texts(read_documents(d)) == ["b", "c", "d"]
+    # what was left out is said (but not the .md notes or hidden files)
+    note = capsys.readouterr().err
+    assert "2 file(s) of other extensions not read (skip.csv, skip.py)" in note and "a.md" not in note
 
 
 def test_glob_and_list_specs(tmp_path):

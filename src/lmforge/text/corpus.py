@@ -93,14 +93,31 @@ def _has_magic(text: str) -> bool:
 
 
 def _scan_dir(root: Path) -> list[Path]:
-    """Supported files under `root`, recursively, sorted; hidden files and folders are skipped."""
-    found = []
+    """Supported files under `root`, recursively, sorted; hidden files and folders are skipped.
+
+    Files of other extensions are left out, and said so on stderr (README.md and PROVENANCE.md
+    notes quietly): WikiText's `wiki.train.tokens` in a corpus folder would otherwise vanish from
+    the corpus without a word."""
+    found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune .git, .cache, ...
         for name in filenames:
             path = Path(dirpath, name)
-            if not name.startswith(".") and _base_suffix(path) in DIR_SUFFIXES:
+            if name.startswith("."):
+                continue
+            if _base_suffix(path) in DIR_SUFFIXES:
                 found.append(path)
+            elif _base_suffix(path) != ".md":
+                skipped.append(path.relative_to(root).as_posix())
+    if skipped:
+        import sys
+
+        shown = ", ".join(sorted(skipped)[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        print(
+            f"note: {root}: {len(skipped)} file(s) of other extensions not read ({shown}); name them directly, "
+            f"or rename them {'/'.join(DIR_SUFFIXES[:2])}",
+            file=sys.stderr,
+        )
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
