@@ -60,6 +60,7 @@ __all__ = [
     "prepare",
     "pretrain",
     "scaling_ladder",
+    "serve",
     "split",
     "train_ngram",
     "train_tokenizer",
@@ -348,6 +349,30 @@ def Chat(
             f"lmforge finetune chat --chat_template {chat_template}, or use --chat_template plain"
         )
     return ChatSession(model, tokenizer, template=template, system=system, **options)
+
+
+def serve(
+    run: Any, *, host: str = "127.0.0.1", port: int = 8000, device: Any = "cpu", name: str | None = None,
+    chat_template: str | None = None, **options: Any,
+) -> None:  # fmt: skip
+    """Serve a run (a chat run, a decoder run or a Hugging Face model folder) over the OpenAI API
+    until SIGINT/SIGTERM; the Python twin of `lmforge serve`. `name` is the model id clients ask
+    for (default: the run folder's name); `options`: max_batch, max_queue, max_tokens,
+    max_body_mb, drain_seconds (see `lmforge.infer.server.serve`)."""
+    from lmforge.chat_template import resolve_template
+    from lmforge.infer.server import serve as run_server
+
+    model, tokenizer = _chat_model(run, device)
+    template = resolve_template(chat_template)[0] if chat_template else None
+    run_server(
+        model,
+        tokenizer,
+        name=name or Path(str(run)).name,
+        host=host,
+        port=port,
+        chat_template=template,
+        **options,
+    )
 
 
 def _chat_model(run: Any, device: Any) -> tuple[Any, Any]:

@@ -18,7 +18,7 @@ import warnings
 
 from lmforge.cli.data import add_prepare, add_tokenizer
 from lmforge.cli.evaluation import add_compare, add_eval, add_evaluate, add_predict, add_translate
-from lmforge.cli.inference import add_chat, add_fill_mask, add_generate
+from lmforge.cli.inference import add_chat, add_fill_mask, add_generate, add_serve
 from lmforge.cli.ngram import add_ngram
 from lmforge.cli.runs import add_average, add_export, add_import, add_info
 from lmforge.cli.split import add_split
@@ -53,6 +53,7 @@ EPILOG = """examples:
   lmforge average runs/mt --last 5 --out runs/mt-avg                            # checkpoint averaging
   lmforge finetune chat --model runs/gpt --train dialogs.jsonl --dev dev.jsonl --out runs/chat
   lmforge chat runs/chat --system "Be brief."                                    # streamed replies
+  lmforge serve runs/chat --port 8000              # OpenAI API at /v1, a chat page at /
   lmforge ngram train --data train.txt --order 5 --smoothing modified-kneser-ney --out lm5.arpa
   lmforge ngram eval lm5.arpa --data test.txt
   lmforge compare --data test.txt lm5.arpa runs/lstm runs/gpt --plot compare.png   # per-word ppl, bits/byte
@@ -64,7 +65,7 @@ EPILOG = """examples:
 COMMANDS = (
     add_tokenizer, add_prepare, add_pretrain, add_eval, add_compare, add_scaling, add_generate, add_fill_mask,
     add_info, add_average, add_export, add_import, add_split, add_finetune, add_predict, add_translate,
-    add_evaluate, add_chat, add_ngram,
+    add_evaluate, add_chat, add_serve, add_ngram,
 )  # fmt: skip
 
 

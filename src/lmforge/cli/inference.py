@@ -159,3 +159,47 @@ def add_chat(new: NewCommand) -> None:
     add_dataclass_flags(p, GenerationConfig, shown_defaults={k: str(v) for k, v in CHAT_DEFAULTS.items()})
     p.epilog = CHAT_HELP
     p.set_defaults(func=cmd_chat)
+
+
+def cmd_serve(ns: argparse.Namespace) -> None:
+    def ready(port: int) -> None:
+        print(f"serving {ns.name or ns.run} on http://{ns.host}:{port}/ (chat page), API at http://{ns.host}:{port}/v1",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    lmforge.serve(
+        ns.run, host=ns.host, port=ns.port, device=ns.device, name=ns.name, chat_template=ns.chat_template,
+        max_batch=ns.max_batch, max_queue=ns.max_queue, max_tokens=ns.max_tokens, max_body_mb=ns.max_body_mb,
+        drain_seconds=ns.drain_seconds, ready=ready,
+    )  # fmt: skip
+
+
+def add_serve(new: NewCommand) -> None:
+    p = new("serve", "serve a run over the OpenAI API (continuous batching), with a chat page at /")
+    p.add_argument("run", help="a chat run, a decoder run or a Hugging Face model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free one)")
+    p.add_argument(
+        "--name", default=None, help="the model id clients ask for (default: the run folder's name)"
+    )
+    p.add_argument(
+        "--chat_template", default=None,
+        help="plain | chatml | a .jinja file, for a model without one (default: the model's own)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max_batch", type=int, default=16, help="sequences decoded together at most (default: 16)"
+    )
+    p.add_argument(
+        "--max_queue", type=int, default=64, help="sequences waiting at most; more get 429 (default: 64)"
+    )
+    p.add_argument(
+        "--max_tokens", type=int, default=512, help="the most tokens a request may ask for (default: 512)"
+    )
+    p.add_argument(
+        "--max_body_mb", type=float, default=8.0, help="largest request body; larger get 413 (default: 8)"
+    )
+    p.add_argument(
+        "--drain_seconds", type=float, default=30.0,
+        help="on SIGTERM, how long requests in flight may take to finish (default: 30)",
+    )  # fmt: skip
+    add_device_flag(p)
+    p.set_defaults(func=cmd_serve)

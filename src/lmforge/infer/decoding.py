@@ -373,6 +373,118 @@ class CompiledSeq2SeqSession(_FixedShapeSteps, Seq2SeqSession):
         return logits
 
 
+# ----------------------------------------------------------------------------------------------
+# Slots: rows that join and leave between steps (continuous batching)
+
+
+class _WriteRows:
+    """A `KVCache`'s first `rows` rows as a slot step uses them: `update` writes each row's keys
+    and values at that row's own position (`at`, (rows,)) and returns the first `width` positions;
+    the step's key mask hides what a row has not written."""
+
+    def __init__(self, cache: Any, rows: int, at: torch.Tensor, width: int):
+        self.cache, self.rows, self.at, self.width = cache, rows, at, width
+        self.index = torch.arange(rows, device=at.device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kb, vb = self.cache.k[layer], self.cache.v[layer]  # (slots, max_len, n_kv_head, head_dim)
+        kb[self.index, self.at] = k[:, :, 0].to(kb.dtype)
+        vb[self.index, self.at] = v[:, :, 0].to(vb.dtype)
+        return kb[: self.rows, : self.width].transpose(1, 2), vb[: self.rows, : self.width].transpose(1, 2)
+
+
+class SlotSession:
+    """A decoder's KV cache as `slots` rows that sequences join and leave between steps, each at
+    its own length: the memory of continuous batching (`lmforge.infer.engine`).
+
+    The live sequences are always rows 0..live-1, so a step runs on a view of the buffers, never a
+    copy: `admit` prefills a prompt alone and puts its keys and values in row `live`; `retire`
+    moves the last live row into the freed one (one row copied, once per finished sequence). A
+    step feeds one token per live row at that row's position and attends over the positions up to
+    the longest row's, a key mask hiding the rest, so rows of any lengths share it. Lengths are
+    kept on the host as well, where the scheduler needs them, so a step never waits on the device.
+    """
+
+    def __init__(self, model: Any, slots: int, max_len: int):
+        self.model = model
+        self.cache = model.new_cache(slots, max_len=max_len)
+        device = self.cache.k[0].device
+        self.key_mask = torch.zeros(slots, 1, 1, max_len, dtype=torch.bool, device=device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=device)  # next position per row
+        self.lengths: list[int] = []  # per live row, on the host
+        self.device = device
+
+    @property
+    def live(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def slots(self) -> int:
+        return self.cache.batch_size
+
+    @property
+    def max_len(self) -> int:
+        return self.cache.max_len
+
+    @torch.inference_mode()
+    def admit(self, ids: list[int]) -> torch.Tensor:
+        """Prefill a prompt into the next free row; returns its next-token logits (V,)."""
+        if self.live >= self.slots:
+            raise LmforgeError(f"all {self.slots} slots are in use; retire a sequence first")
+        T = len(ids)
+        if not 0 < T < self.max_len:
+            raise LmforgeError(
+                f"a prompt of {T} tokens does not fit {self.max_len} positions with room to reply"
+            )
+        alone = self.model.new_cache(1, max_len=T)
+        logits = self.model(torch.tensor([ids], dtype=torch.long, device=self.device), cache=alone)[0, -1]
+        row = self.live
+        for layer in range(len(self.cache.k)):
+            self.cache.k[layer][row, :T] = alone.k[layer][0]
+            self.cache.v[layer][row, :T] = alone.v[layer][0]
+        self.key_mask[row].zero_()
+        self.key_mask[row, ..., :T] = True
+        self.positions[row] = T
+        self.lengths.append(T)
+        return logits
+
+    def retire(self, row: int) -> int | None:
+        """Free `row`; the last live row moves into it. Returns the row that moved (now `row`), or None."""
+        last = self.live - 1
+        moved = None
+        if row != last:
+            n = self.lengths[last]
+            for layer in range(len(self.cache.k)):
+                self.cache.k[layer][row, :n] = self.cache.k[layer][last, :n]
+                self.cache.v[layer][row, :n] = self.cache.v[layer][last, :n]
+            self.key_mask[row] = self.key_mask[last]
+            self.positions[row] = self.positions[last]
+            self.lengths[row] = n
+            moved = last
+        self.lengths.pop()
+        return moved
+
+    @torch.inference_mode()
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        """One token per live row, next_ids (live,), each at its row's position: logits (live, V)."""
+        rows = self.live
+        if max(self.lengths) >= self.max_len:
+            raise LmforgeError(f"a row has used all {self.max_len} positions; retire it before stepping")
+        width = max(self.lengths) + 1
+        at = self.positions[:rows]
+        self.key_mask[torch.arange(rows, device=self.device), 0, 0, at] = True
+        model = self.model
+        pos = at[:, None]
+        x = model.embed(next_ids[:, None].to(self.device), positions=pos)
+        cache = _WriteRows(self.cache, rows, at, width)
+        x = model.run_blocks(
+            x, rope=model.rotary(1, 0, pos), attn_mask=self.key_mask[:rows, ..., :width], cache=cache
+        )
+        self.positions[:rows] += 1
+        self.lengths = [n + 1 for n in self.lengths]
+        return model.lm_head(x)[:, -1]
+
+
 def _compilable(model: Any) -> bool:
     """Whether a Transformer can take fixed-shape steps: not with T5's relative positions, whose
     bias depends on how many positions are cached (those models decode eagerly)."""
@@ -425,6 +537,7 @@ __all__ = [
     "DecodeSession",
     "RecurrentSession",
     "Seq2SeqSession",
+    "SlotSession",
     "Source",
     "TransformerSession",
     "left_pad",

@@ -86,15 +86,17 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(probs < nucleus_threshold(probs, p), float("-inf"))
 
 
-def nucleus_threshold(probs: torch.Tensor, p: float) -> torch.Tensor:
-    """(B, 1): the probability of the least likely token of each row's top-p nucleus. Only the
-    sorted probabilities are needed, not the order: the nucleus is every token at least as likely
-    as its last member, a threshold compared in vocabulary order (no scatter back)."""
-    if not p > 0.0:
+def nucleus_threshold(probs: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """(B, 1): the probability of the least likely token of each row's top-p nucleus (`p` one
+    value, or one per row (B, 1)). Only the sorted probabilities are needed, not the order: the
+    nucleus is every token at least as likely as its last member, a threshold compared in
+    vocabulary order (no scatter back)."""
+    if not isinstance(p, torch.Tensor) and not p > 0.0:
         raise ValueError(f"top_p must be in (0, 1], got {p}")
     ranked = descending(probs)  # (B, V)
     mass_before = torch.cumsum(ranked, dim=-1) - ranked  # probability of all higher-ranked tokens
-    size = (mass_before < p).sum(dim=-1, keepdim=True)  # >= 1: nothing ranks above the top token
+    # >= 1: nothing ranks above the top token (unless p is below float32's smallest number)
+    size = (mass_before < p).sum(dim=-1, keepdim=True).clamp_(min=1)
     return ranked.gather(1, size - 1)
 
 
@@ -108,16 +110,38 @@ def descending(values: torch.Tensor) -> torch.Tensor:
     return torch.sort(values, dim=-1, descending=True).values
 
 
-def sample_categorical(probs: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+def sample_categorical(
+    probs: torch.Tensor, rng: torch.Generator | None, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """One draw per row of (B, V) probabilities (unnormalised is fine): the first token whose
     running total reaches u times the row's total, u uniform in (0, 1], so a token of zero mass is
     never chosen (its total equals its left neighbour's, which is reached first). The inverse CDF by
-    `searchsorted` costs one cumsum, a seventh of torch.multinomial here."""
+    `searchsorted` costs one cumsum, a seventh of torch.multinomial here. `u` (B, 1) gives the
+    uniforms instead of `rng` (each row its own stream: `row_uniforms`)."""
     cdf = torch.cumsum(probs.float(), dim=-1)  # (B, V); half precision would saturate early
     if cdf.device.type != "cpu":  # a parallel scan may dip by an ulp where a token has no mass
         cdf = torch.cummax(cdf, dim=-1).values
-    u = 1.0 - torch.rand(probs.size(0), 1, generator=rng, device=probs.device, dtype=cdf.dtype)
+    if u is None:
+        u = 1.0 - torch.rand(probs.size(0), 1, generator=rng, device=probs.device, dtype=cdf.dtype)
+    else:
+        u = u.to(device=cdf.device, dtype=cdf.dtype)
     return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.size(-1) - 1).squeeze(-1)
+
+
+def row_uniforms(seeds: Sequence[int], steps: Sequence[int]) -> torch.Tensor:
+    """(B, 1) uniforms in (0, 1], one per row, a function of that row's (seed, step) only: a
+    sequence sampled with a seed draws the same numbers whatever else shares its batch (the
+    server's continuous batching). SplitMix64 (Steele et al. 2014) of seed and step, on the host
+    in wrapping uint64 arithmetic."""
+    with np.errstate(over="ignore"):
+        mask = (1 << 64) - 1  # any Python int seed (negative, huge) as its 64 low bits
+        z = np.asarray([s & mask for s in seeds], np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = z + np.asarray([s & mask for s in steps], np.uint64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = ((z >> np.uint64(11)).astype(np.float64) + 1.0) / float(1 << 53)  # 53 random bits, (0, 1]
+    return torch.from_numpy(u)[:, None]
 
 
 def sample_next(
@@ -309,7 +333,7 @@ def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return [eos_id]
 
 
-class _TextStream:
+class TextStream:
     """Incremental detokenisation of one sequence, with its stop strings (as in vLLM).
 
     A few prompt tokens are decoded along with the new ones and only the difference is printed:
@@ -366,14 +390,14 @@ def generate_text(
     """Stream the completion of `prompt` (text, or its token ids) as text pieces, as soon as they
     are printable.
 
-    Pieces are UTF-8 safe and never show a stop string or the start of one (see `_TextStream`);
+    Pieces are UTF-8 safe and never show a stop string or the start of one (see `TextStream`);
     generation ends at eos (or any of `end_ids`, a chat's end-of-turn tokens) or before the first
     stop string.
     """
     eos_id = getattr(tokenizer, "eos_id", None)
     ends = list(end_ids) if end_ids else ([] if eos_id is None else [eos_id])
     prompt_ids = _prompt_ids(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
-    stream = _TextStream(tokenizer, prompt_ids, gen.stop)
+    stream = TextStream(tokenizer, prompt_ids, gen.stop)
     for next_ids in generate_ids(
         model, torch.tensor([prompt_ids], dtype=torch.long), gen, eos_id=ends or None
     ):
@@ -410,7 +434,7 @@ def generate_batch(
     rows = [_prompt_ids(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     ids, mask = left_pad(rows, ends[0] if ends else 0)
     run = Generation(model, ids, gen, eos_id=ends or None, attention_mask=mask)
-    streams = [_TextStream(tokenizer, r, gen.stop) for r in rows]
+    streams = [TextStream(tokenizer, r, gen.stop) for r in rows]
     texts: list[list[str]] = [[] for _ in rows]
     ended = [False] * len(rows)  # eos or a stop string: no more tokens for this row
 
@@ -466,6 +490,7 @@ def generate(
 __all__ = [
     "Generation",
     "GenerationConfig",
+    "TextStream",
     "apply_repetition_penalty",
     "descending",
     "generate",
@@ -473,6 +498,7 @@ __all__ = [
     "generate_ids",
     "generate_text",
     "nucleus_threshold",
+    "row_uniforms",
     "sample_categorical",
     "sample_next",
     "top_k_filter",
