@@ -55,7 +55,9 @@ def build(args: argparse.Namespace):
                       d_model=args.d_model, max_len=args.max_len)  # fmt: skip
     model = build_model(cfg).eval()
     # No end-of-text, so every request runs to --new_tokens and both servers do the same work.
-    model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([tokenizer.eos_id]), -1e4))
+    model.lm_head.register_forward_hook(
+        lambda m, i, out: out.index_fill(-1, torch.tensor([tokenizer.eos_id]), -1e4)
+    )
     return model, tokenizer
 
 
@@ -68,7 +70,9 @@ class Server:
 
         self.engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=256, metrics=Metrics())
         served = ServedModel("bench", self.engine, tokenizer, None, max_tokens, 0)
-        self.server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="error"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="error")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         while not (self.server.started and self.server.servers):
@@ -121,7 +125,9 @@ def main() -> None:
     model, tokenizer = build(args)
     rng = random.Random(1)
     levels = [int(c) for c in args.concurrency.split(",")]
-    prompts = {c: [[rng.randrange(10, 3000) for _ in range(rng.randint(16, 48))] for _ in range(c)] for c in levels}
+    prompts = {
+        c: [[rng.randrange(10, 3000) for _ in range(rng.randint(16, 48))] for _ in range(c)] for c in levels
+    }
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads; "
           f"GPT d {args.d_model} x {args.layers}, vocab {args.vocab}; {args.new_tokens} new tokens per request")  # fmt: skip
     results: dict[str, dict] = {}
@@ -136,7 +142,10 @@ def main() -> None:
                       f"p99 {r['ttft_p99_s']:.3f} s  ({r['completed']}/{r['requests']} complete, {r['wall_s']} s)", flush=True)  # fmt: skip
         finally:
             server.close()
-    ratios = {c: round(r["continuous"]["tokens_per_s"] / r["one_at_a_time"]["tokens_per_s"], 2) for c, r in results.items()}
+    ratios = {
+        c: round(r["continuous"]["tokens_per_s"] / r["one_at_a_time"]["tokens_per_s"], 2)
+        for c, r in results.items()
+    }
     print(json.dumps({"bench": "serve_load", "speedup_tokens_per_s": ratios, "results": results}))
 
 

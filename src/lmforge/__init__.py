@@ -48,6 +48,7 @@ __all__ = [
     "evaluate",
     "evaluate_ngram",
     "export_hf",
+    "export_onnx",
     "fill_mask",
     "finetune",
     "generate",
@@ -461,6 +462,33 @@ def export_hf(
     else:
         load_with = "BertForPreTraining" if pair_head else "AutoModelForMaskedLM"
     return {"out": str(path), "load_with": load_with}
+
+
+def export_onnx(
+    run: Any, out: str | Path, *, mlm_head: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write a run (path or loaded) as an ONNX model that onnxruntime runs: a decoder with past
+    keys/values, an encoder, or a classification / NER / QA run's head on its backbone (a chat
+    run: its decoder). Checks onnxruntime's outputs against the model's on a padded batch and
+    returns {"out", "kind", "max_abs_diff"}. `mlm_head`: an encoder's graph also gives the
+    masked-LM logits of every position."""
+    from lmforge.finetuning import TaskRun
+    from lmforge.interop.onnx import check_onnx
+    from lmforge.interop.onnx import export_onnx as write_onnx
+    from lmforge.run import claim_output_folder
+
+    loaded = _opened(run, "cpu")
+    model = loaded.model
+    if isinstance(loaded, TaskRun) and loaded.config.task == "chat":
+        model = model.model  # a chat run is its decoder
+    if Path(out).resolve() == Path(loaded.run_dir).resolve():
+        raise LmforgeError(f"export onnx {out}: that is the run being exported; give another output folder")
+    claim_output_folder(out, overwrite=overwrite, what="export onnx")
+    path = write_onnx(model, out, mlm_head=mlm_head)
+    import json as _json
+
+    kind = _json.loads((path / "onnx_config.json").read_text(encoding="utf-8"))["kind"]
+    return {"out": str(path), "kind": kind, "max_abs_diff": check_onnx(model, path)}
 
 
 def import_hf(hf_dir: str | Path, run_dir: str | Path, *, overwrite: bool = False) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`lmforge info`, `average`, `export hf` and `import hf`: a run directory described, averaged or converted."""
+"""`lmforge info`, `average`, `export hf` / `export onnx` and `import hf`: a run directory described, averaged or converted."""
 
 from __future__ import annotations
 
@@ -65,6 +65,26 @@ def add_export(new: NewCommand) -> None:
     add_overwrite_flag(p, "into the output folder")
     add_json_flag(p)
     p.set_defaults(func=cmd_export_hf)
+    p = exp_sub.add_parser(
+        "onnx",
+        help="ONNX for onnxruntime: a decoder with past keys/values, an encoder, a classification/NER/QA run",
+        allow_abbrev=False,
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("out", help="output directory (model.onnx, onnx_config.json)")
+    p.add_argument(
+        "--mlm_head", choices=("true", "false"), default="false",
+        help="an encoder's graph also outputs the masked-LM logits of every position (default: false)",
+    )  # fmt: skip
+    add_overwrite_flag(p, "into the output folder")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(ns: argparse.Namespace) -> None:
+    res = lmforge.export_onnx(ns.run, ns.out, mlm_head=ns.mlm_head == "true", overwrite=ns.overwrite)
+    emit(res, ns.json, f"exported {ns.run} ({res['kind']}) to {res['out']}/model.onnx; onnxruntime's outputs "
+                       f"differ from the run's by at most {res['max_abs_diff']:.2e}")  # fmt: skip
 
 
 def add_import(new: NewCommand) -> None:

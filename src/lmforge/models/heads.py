@@ -87,9 +87,14 @@ class SequenceClassifier(TaskModel):
         nn.init.zeros_(self.classifier.bias)
         self.register_buffer("class_weights", class_weights, persistent=False)
 
+    export_outputs = ("logits",)  # what an ONNX export of the head returns (lmforge.interop.onnx)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """{"logits": (B, num_labels) float32}."""
-        h = self.hidden(batch)
+        return self.head_outputs(self.hidden(batch), batch)
+
+    def head_outputs(self, h: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The head on the backbone's hidden states h (B, T, d)."""
         pooled = self.backbone.pool(
             h, self.pooling, batch["lengths"].to(h.device), batch.get("attention_mask")
         )
@@ -124,9 +129,14 @@ class TokenClassifier(TaskModel):
         self.crf = CRF.for_iob2(labels) if crf else None
         self.register_buffer("class_weights", class_weights, persistent=False)
 
+    export_outputs = ("emissions",)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """{"emissions": (B, T, K) float32}: a score per word piece and label."""
-        return {"emissions": self.classifier(self.drop(self.hidden(batch))).float()}
+        return self.head_outputs(self.hidden(batch), batch)
+
+    def head_outputs(self, h: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"emissions": self.classifier(self.drop(h)).float()}
 
     def word_emissions(self, emissions: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         pos = batch["word_pos"].to(emissions.device)  # (B, W)
@@ -150,9 +160,14 @@ class SpanExtractor(TaskModel):
         nn.init.normal_(self.qa.weight, std=0.02)
         nn.init.zeros_(self.qa.bias)
 
+    export_outputs = ("start_logits", "end_logits")
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """{"start_logits", "end_logits"}: (B, T) float32 each, padding never a span boundary."""
-        logits = self.qa(self.drop(self.hidden(batch))).float()  # (B, T, 2)
+        return self.head_outputs(self.hidden(batch), batch)
+
+    def head_outputs(self, h: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = self.qa(self.drop(h)).float()  # (B, T, 2)
         mask = batch.get("attention_mask")
         if mask is not None:
             logits = logits.masked_fill(~mask.to(logits.device).unsqueeze(-1), -1e4)
