@@ -222,3 +222,24 @@ def test_chat_run_refuses_other_models_and_bad_templates(tok_file, tmp_path):
         lmforge.finetune(**{**base, "architecture.arch": "encoder"})
     with pytest.raises(LmforgeError, match="marks no assistant text"):
         lmforge.finetune(**base, chat_template="{{ messages[0]['content'] }}", overwrite=True)
+
+
+def test_chat_fine_tuning_of_an_imported_hugging_face_decoder_keeps_its_template(tok_file, tmp_path):
+    """A GPT-2 folder with its own chat template (in tokenizer_config.json): `auto` trains with
+    that template, and the run renders what the folder's tokenizer renders."""
+    transformers = pytest.importorskip("transformers")
+    hf_dir = tmp_path / "hf"
+    tok = Tokenizer.load(tok_file)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.backend, eos_token="<|endoftext|>")
+    fast.chat_template = ct.TEMPLATES["plain"].replace("Assistant:", "Bot:")
+    fast.save_pretrained(hf_dir)
+    config = transformers.GPT2Config(vocab_size=320, n_positions=96, n_embd=32, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(hf_dir)
+    train = write_jsonl(tmp_path / "train.jsonl", conversations(8))
+    lmforge.finetune(task="chat", model=str(hf_dir), train_file=str(train), out=str(tmp_path / "run"),
+                     **{"train.max_steps": 2, "train.batch_size": 4, "train.threads": 1})  # fmt: skip
+    task = load_task(tmp_path / "run")
+    assert task.tokenizer.chat_template == fast.chat_template
+    messages = [{"role": "user", "content": "the data"}, {"role": "assistant", "content": "a model"}]
+    ours = ct.encode_chat(task.tokenizer, messages, task.tokenizer.chat_template).ids
+    assert ours == fast.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
