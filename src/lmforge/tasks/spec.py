@@ -41,6 +41,12 @@ class TaskSpec(Protocol):
 
     The methods take the run's `FinetuneConfig` and read the options they own from it; `options`
     names those, so that the CLI offers each task only the flags it reads.
+
+    Optional members, looked up by the workflow where a task has them (chat does):
+    `prepare(cfg, tokenizer) -> added tokens` (set the tokenizer up before anything is encoded),
+    `pack_features(cfg, train_data, max_len)` (rearrange the training features), and
+    `respond(cfg, model, tokenizer, examples, batch_size=) -> {"metrics", "rows", "report_text"}`
+    (free text that evaluate and predict score and write).
     """
 
     summary: str  # one line for `lmforge finetune --help`
