@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.infer.decoding import left_pad, open_session
 from lmforge.infer.generate import GenerationConfig, generate, generate_batch, generate_ids
 from lmforge.models import ModelConfig, build_model
@@ -96,3 +97,43 @@ def test_rows_end_at_eos_independently():
     assert (run[0, first + 1 :] == eos).all()  # finished: padding from then on
     assert eos not in free[1].tolist()  # (with these weights) row 1 never finishes: the run goes on
     assert run.size(1) == 8 and run[1].tolist() == free[1].tolist()
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_slot_rows_join_and_leave_and_each_decodes_as_alone(position):
+    """SlotSession (continuous batching): prompts admitted together and later, rows retired in the
+    middle; every live row's logits are the model's on that row's tokens alone."""
+    from lmforge.infer.decoding import SlotSession
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="decoder", vocab_size=100, n_layer=2, n_head=2, d_model=32, max_len=64, position=position
+    )
+    model = build_model(cfg).eval()
+    slots = SlotSession(model, 4, 64)
+    texts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10, 11]]
+    logits = slots.admit(texts)
+
+    def check(logits):
+        with torch.no_grad():
+            for row, text in enumerate(texts):
+                torch.testing.assert_close(logits[row], model(torch.tensor([text]))[0, -1], atol=1e-5, rtol=0)
+
+    check(logits)
+    for step in range(6):
+        nxt = logits.argmax(-1)
+        for text, token in zip(texts, nxt.tolist()):
+            text.append(token)
+        if step == 2:  # the first sequence leaves, the last row takes its place, a new one joins
+            assert slots.retire(0) == 2
+            texts = [texts[2], texts[1]]
+            nxt = torch.tensor([texts[0][-1], texts[1][-1]])
+            logits = slots.step(nxt)
+            texts.append([20, 21, 22, 23])
+            logits = torch.cat([logits, slots.admit([texts[-1]])])
+        else:
+            logits = slots.step(nxt)
+        assert slots.lengths == [len(t) for t in texts]
+        check(logits)
+    with pytest.raises(LmforgeError, match="free slots"):
+        slots.admit([[1]] * 2)

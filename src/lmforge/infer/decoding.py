@@ -398,7 +398,8 @@ class SlotSession:
     its own length: the memory of continuous batching (`lmforge.infer.engine`).
 
     The live sequences are always rows 0..live-1, so a step runs on a view of the buffers, never a
-    copy: `admit` prefills a prompt alone and puts its keys and values in row `live`; `retire`
+    copy: `admit` prefills the prompts that arrived as one left-padded batch and puts each one's
+    keys and values in the next free row, from position 0; `retire`
     moves the last live row into the freed one (one row copied, once per finished sequence). A
     step feeds one token per live row at that row's position and attends over the positions up to
     the longest row's, a key mask hiding the rest, so rows of any lengths share it. Lengths are
@@ -427,25 +428,37 @@ class SlotSession:
         return self.cache.max_len
 
     @torch.inference_mode()
-    def admit(self, ids: list[int]) -> torch.Tensor:
-        """Prefill a prompt into the next free row; returns its next-token logits (V,)."""
-        if self.live >= self.slots:
-            raise LmforgeError(f"all {self.slots} slots are in use; retire a sequence first")
-        T = len(ids)
-        if not 0 < T < self.max_len:
+    def admit(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill prompts into the next free rows, as one left-padded batch (each row attends to
+        its own tokens, at its own positions); returns their next-token logits (n, V)."""
+        n = len(prompts)
+        if self.live + n > self.slots:
             raise LmforgeError(
-                f"a prompt of {T} tokens does not fit {self.max_len} positions with room to reply"
+                f"{n} prompts do not fit the {self.slots - self.live} free slots; retire sequences first"
             )
-        alone = self.model.new_cache(1, max_len=T)
-        logits = self.model(torch.tensor([ids], dtype=torch.long, device=self.device), cache=alone)[0, -1]
-        row = self.live
-        for layer in range(len(self.cache.k)):
-            self.cache.k[layer][row, :T] = alone.k[layer][0]
-            self.cache.v[layer][row, :T] = alone.v[layer][0]
-        self.key_mask[row].zero_()
-        self.key_mask[row, ..., :T] = True
-        self.positions[row] = T
-        self.lengths.append(T)
+        for ids in prompts:
+            if not 0 < len(ids) < self.max_len:
+                raise LmforgeError(
+                    f"a prompt of {len(ids)} tokens does not fit {self.max_len} positions with room to reply"
+                )
+        ids, real = left_pad(prompts, 0)
+        ids, real = ids.to(self.device), real.to(self.device)
+        T = ids.size(1)
+        batch = self.model.new_cache(n, max_len=T)
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+        padded = not bool(real.all())
+        logits = self.model(
+            ids, cache=batch, attention_mask=real if padded else None, positions=positions if padded else None
+        )[:, -1]
+        for i, prompt in enumerate(prompts):
+            row, length = self.live, len(prompt)
+            for layer in range(len(self.cache.k)):  # the row's real columns, left-aligned in its slot
+                self.cache.k[layer][row, :length] = batch.k[layer][i, T - length :]
+                self.cache.v[layer][row, :length] = batch.v[layer][i, T - length :]
+            self.key_mask[row].zero_()
+            self.key_mask[row, ..., :length] = True
+            self.positions[row] = length
+            self.lengths.append(length)
         return logits
 
     def retire(self, row: int) -> int | None:

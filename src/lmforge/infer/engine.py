@@ -4,7 +4,7 @@ A server does not know its batch in advance: requests arrive while others are ha
 their replies. `Engine` keeps the model's KV cache as slots (`lmforge.infer.decoding.SlotSession`)
 and runs one loop on a thread of its own:
 
-    admit waiting sequences into free slots (each prompt prefilled alone)
+    admit waiting sequences into free slots (their prompts prefilled together, left-padded)
     sample the next token of every live sequence at once, each with its own settings
     hand each sequence's new text to its consumer; retire those that finished
     one decode step for all live sequences together
@@ -216,19 +216,30 @@ class Engine:
                     self._rows.pop()
                 self._logits = None
 
+    # Padded prompt tokens prefilled together at most: bounds the memory of admitting many at once.
+    PREFILL_TOKENS = 8192
+
     def _admit(self) -> None:
-        """Move waiting sequences into free slots, each prompt prefilled alone."""
-        while self.slots.live < self.slots.slots:
-            with self._lock:
-                if not self._waiting:
-                    return
+        """Move waiting sequences into free slots, their prompts prefilled as left-padded batches
+        (of at most PREFILL_TOKENS padded tokens)."""
+        arrivals: list[_Sequence] = []
+        with self._lock:
+            while self._waiting and self.slots.live + len(arrivals) < self.slots.slots:
                 seq = self._waiting.popleft()
-            if seq.request.cancelled:
-                continue
-            logits = self.slots.admit(seq.prompt)[None]
-            row = len(self._rows)
-            self._counts[row].zero_()
-            self._rows.append(seq)
+                if not seq.request.cancelled:
+                    arrivals.append(seq)
+        while arrivals:
+            take, longest = 0, 0
+            while take < len(arrivals):
+                longest = max(longest, len(arrivals[take].prompt))
+                if take and (take + 1) * longest > self.PREFILL_TOKENS:
+                    break
+                take += 1
+            group, arrivals = arrivals[:take], arrivals[take:]
+            logits = self.slots.admit([s.prompt for s in group])
+            for seq in group:
+                self._counts[len(self._rows)].zero_()
+                self._rows.append(seq)
             self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
 
     def _iteration(self) -> None:
