@@ -125,3 +125,11 @@ def test_resolve_template(tmp_path):
     assert ct.resolve_template("{{ x }}") == ("{{ x }}", ())
     with pytest.raises(LmforgeError, match="not a built-in template"):
         ct.resolve_template("nonexistent.jinja")
+
+
+def test_tools_and_documents_are_none_as_transformers_passes_them(tokenizer):
+    template = "{% if tools is not none %}TOOLS{% endif %}{% if documents is not none %}DOCS{% endif %}{{ messages[0]['content'] }}"
+    hf = hf_tokenizer(tokenizer, template)
+    assert ct.render(template, CONVERSATION[:1])[0] == hf.apply_chat_template(
+        CONVERSATION[:1], tokenize=False
+    )

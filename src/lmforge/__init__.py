@@ -339,17 +339,28 @@ def Chat(
     template): `.send(text)` returns the reply, `.stream(text)` yields it piece by piece,
     `.reset()`, `.system`, `.save(path)`. `chat_template` (plain, chatml, a .jinja file) replaces
     the model's own; options are GenerationConfig fields (temperature, top_p, max_new_tokens, ...)."""
-    from lmforge.chat_template import resolve_template
     from lmforge.infer.chat import ChatSession
 
     model, tokenizer = _chat_model(run, device)
-    template = resolve_template(chat_template)[0] if chat_template else None
-    if template and any(tokenizer.token_to_id(t) is None for t in resolve_template(chat_template)[1]):
+    return ChatSession(
+        model, tokenizer, template=_template(tokenizer, chat_template), system=system, **options
+    )
+
+
+def _template(tokenizer: Any, spec: str | None) -> str | None:
+    """The chat template `--chat_template` names for a model, refused when it needs tokens the
+    model's vocabulary lacks (chatml on a model never fine-tuned with it)."""
+    from lmforge.chat_template import resolve_template
+
+    if not spec:
+        return None
+    template, needed = resolve_template(spec)
+    if any(tokenizer.token_to_id(t) is None for t in needed):
         raise LmforgeError(
-            f"--chat_template {chat_template} needs tokens this model's vocabulary lacks; fine-tune it with "
-            f"lmforge finetune chat --chat_template {chat_template}, or use --chat_template plain"
+            f"--chat_template {spec} needs tokens this model's vocabulary lacks; fine-tune it with "
+            f"lmforge finetune chat --chat_template {spec}, or use --chat_template plain"
         )
-    return ChatSession(model, tokenizer, template=template, system=system, **options)
+    return template
 
 
 def serve(
@@ -360,11 +371,10 @@ def serve(
     until SIGINT/SIGTERM; the Python twin of `lmforge serve`. `name` is the model id clients ask
     for (default: the run folder's name); `options`: max_batch, max_queue, max_tokens,
     max_body_mb, drain_seconds (see `lmforge.infer.server.serve`)."""
-    from lmforge.chat_template import resolve_template
     from lmforge.infer.server import serve as run_server
 
     model, tokenizer = _chat_model(run, device)
-    template = resolve_template(chat_template)[0] if chat_template else None
+    template = _template(tokenizer, chat_template)
     run_server(
         model,
         tokenizer,

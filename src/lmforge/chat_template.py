@@ -225,10 +225,10 @@ def render(
     spans: list[tuple[int, int]] = []
     token = ext.tracking.set((rendered, spans))
     try:
+        # transformers always passes tools and documents (None when there are none); templates test them.
+        context = {"tools": None, "documents": None, **(variables or {})}
         for part in compiled.generate(
-            messages=[dict(m) for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            **(variables or {}),
+            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt, **context
         ):
             rendered.append(part)
     except jinja2.TemplateError as e:

@@ -410,3 +410,35 @@ def test_the_chat_page_streams_replies_keeps_the_conversation_and_shows_errors(m
             assert page.locator(".message").count() == 0
         finally:
             browser.close()
+
+
+def test_a_failing_prefill_or_step_ends_its_requests_with_an_error_and_the_rest_go_on(
+    model, tokenizer, monkeypatch
+):
+    s = Server(model, tokenizer, max_batch=4, max_queue=8, max_tokens=20)
+    try:
+        admit = s.engine.slots.admit
+
+        def refuse_one(prompts):
+            if any(p[:2] == tokenizer.encode("zz zz")[:2] for p in prompts):
+                raise RuntimeError("no memory for this one")
+            return admit(prompts)
+
+        monkeypatch.setattr(s.engine.slots, "admit", refuse_one)
+        bad = httpx.post(
+            s.url + "/v1/completions", json={"model": "tiny", "prompt": "zz zz", "max_tokens": 3}, timeout=30
+        )
+        assert bad.status_code == 500 and "no memory" in bad.json()["error"]["message"]
+        good = httpx.post(
+            s.url + "/v1/completions", json={"model": "tiny", "prompt": "the", "max_tokens": 3}, timeout=30
+        )
+        assert good.status_code == 200
+        monkeypatch.setattr(
+            s.engine.slots, "step", lambda ids: (_ for _ in ()).throw(RuntimeError("step broke"))
+        )
+        body = {"model": "tiny", "prompt": "the", "max_tokens": 5, "stream": True}
+        with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=30) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert "step broke" in lines[-2] and lines[-1] == "data: [DONE]"
+    finally:
+        s.close()

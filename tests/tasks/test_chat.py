@@ -243,3 +243,13 @@ def test_chat_fine_tuning_of_an_imported_hugging_face_decoder_keeps_its_template
     messages = [{"role": "user", "content": "the data"}, {"role": "assistant", "content": "a model"}]
     ours = ct.encode_chat(task.tokenizer, messages, task.tokenizer.chat_template).ids
     assert ours == fast.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+
+
+def test_a_trailing_user_turn_does_not_push_the_reply_out(tokenizer, tmp_path):
+    chat.prepare_tokenizer(tokenizer, "plain")
+    msgs = [{"role": "user", "content": "the model"}, {"role": "assistant", "content": "a word of data"},
+            {"role": "user", "content": "the data of the model " * 20}]  # fmt: skip
+    data = chat.SPEC.featurize(FinetuneConfig(task="chat"), tmp_path, [chat.Conversation(msgs, 1)],
+                               tokenizer, Specials(None, 0, 0), LabelMap([]), 40)  # fmt: skip
+    learned = [t for t in data.features[0]["lm_labels"].tolist() if t != IGNORE]
+    assert tokenizer.decode(learned, skip_special_tokens=False) == " a word of data<|endoftext|>"

@@ -52,12 +52,12 @@ class ChatSession:
         """The messages a template renders: the system message (if any), then the turns."""
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
 
-    def prompt_ids(self) -> list[int]:
+    def prompt_ids(self, gen: GenerationConfig | None = None) -> list[int]:
         """The rendered history plus the assistant's generation prompt, as token ids, within the
         model's context less the reply's room (max_new_tokens, at most half the context): the
         oldest exchanges go first."""
         context = self.model.config.max_len
-        limit = context - min(self.gen.max_new_tokens, context // 2)
+        limit = context - min((gen or self.gen).max_new_tokens, context // 2)
         system = self.history()[: 1 if self.system else 0]
         turns = list(self.messages)
         while True:
@@ -82,7 +82,7 @@ class ChatSession:
         gen = _generation_config({**dataclasses.asdict(self.gen), **options}) if options else self.gen
         self.messages.append({"role": "user", "content": text})
         try:
-            ids = self.prompt_ids()
+            ids = self.prompt_ids(gen)
         except LmforgeError:
             self.messages.pop()
             raise

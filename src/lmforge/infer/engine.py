@@ -89,6 +89,8 @@ class _Sequence:
     seed: int
     stream: TextStream
     generated: int = 0
+    pending: list[int] = field(default_factory=list)  # ids whose text is still held back
+    ended: bool = False
 
 
 class Ticket:
@@ -155,15 +157,24 @@ class Engine:
         """Queue `n` sequences continuing `prompt`; events go to `on_event` from the engine's thread."""
         if not prompt:
             raise LmforgeError("the prompt has no tokens")
+        if len(prompt) >= self.max_len:
+            raise LmforgeError(
+                f"this model's context is {self.max_len} tokens, but the prompt alone has {len(prompt)}; "
+                "shorten the prompt"
+            )
         if len(prompt) + params.max_tokens > self.max_len:
             raise LmforgeError(
                 f"this model's context is {self.max_len} tokens, but the prompt has {len(prompt)} and "
-                f"max_tokens asks for {params.max_tokens}; shorten the prompt or lower max_tokens"
+                f"max_tokens asks for {params.max_tokens}; lower max_tokens or shorten the prompt"
             )
         ticket = Ticket(on_event, n, len(prompt))
         with self._lock:
             if self._closing:
                 raise Closed("the server is shutting down and takes no new requests")
+            if n > self.max_queue:
+                raise LmforgeError(
+                    f"n={n} sequences is more than this server ever queues ({self.max_queue}); lower n"
+                )
             if len(self._waiting) + n > self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} waiting sequences); try again shortly")
             for i in range(n):
@@ -210,7 +221,7 @@ class Engine:
                     self._iteration()
             except Exception as e:  # a failure fails the sequences in it, never the server
                 for seq in [*self._rows]:
-                    self._emit(seq, Event(seq.index, "", [], None, f"error: {type(e).__name__}: {e}"))
+                    self._fail(seq, e)
                 while self._rows:
                     self.slots.retire(len(self._rows) - 1)
                     self._rows.pop()
@@ -236,11 +247,21 @@ class Engine:
                     break
                 take += 1
             group, arrivals = arrivals[:take], arrivals[take:]
-            logits = self.slots.admit([s.prompt for s in group])
+            try:
+                logits = self.slots.admit([s.prompt for s in group])
+            except Exception as e:  # this prefill's sequences fail; the live ones go on
+                for seq in group:
+                    self._fail(seq, e)
+                continue
             for seq in group:
                 self._counts[len(self._rows)].zero_()
                 self._rows.append(seq)
             self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
+
+    def _fail(self, seq: _Sequence, error: Exception) -> None:
+        """End `seq` with an error event, unless it has already ended."""
+        if not seq.ended:
+            self._emit(seq, Event(seq.index, "", [], None, f"error: {type(error).__name__}: {error}"))
 
     def _iteration(self) -> None:
         """Sample every live row, deliver, retire the finished, then step the rest."""
@@ -258,8 +279,10 @@ class Engine:
             logprobs = (
                 None if info is None or seq.params.logprobs is None else [self._logprob_entry(info, r, token)]
             )
+            seq.pending += ids
             if text or reason or logprobs:
-                self._emit(seq, Event(seq.index, text, ids, logprobs, reason))
+                self._emit(seq, Event(seq.index, text, seq.pending, logprobs, reason))
+                seq.pending = []
             if reason:
                 finished.append(r)
         for r in sorted(finished, reverse=True):
@@ -299,6 +322,7 @@ class Engine:
                 self.metrics.first_token(ticket.first_token - ticket.submitted)
         if event.finish_reason:
             ticket.finished += 1
+            seq.ended = True
         try:
             ticket.on_event(event)
         except Exception:  # a consumer that went away must not stop the others

@@ -22,6 +22,7 @@ or the other requests down.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -281,9 +282,13 @@ def create_app(served: ServedModel, *, max_body_bytes: int = 8 << 20, metrics: M
         _unsupported(req)
         if not served.chat_template:
             raise APIError(400, "this model has no chat template; serve a chat run, or start the server with "
-                                "--chat_template plain | chatml | FILE.jinja", param="messages")  # fmt: skip
+                                "--chat_template plain (or a FILE.jinja)", param="messages")  # fmt: skip
         prompt = _chat_prompt(served, req.messages)
         limit = req.max_completion_tokens or req.max_tokens
+        if len(prompt) >= served.engine.max_len:
+            raise APIError(400, f"the conversation is {len(prompt)} tokens with the chat template, but this model's "
+                                f"context is {served.engine.max_len}; send fewer or shorter messages",
+                           param="messages", code="context_length_exceeded")  # fmt: skip
         default = min(served.max_tokens, served.engine.max_len - len(prompt))
         params = _params(
             served, req, limit or max(default, 1), req.top_logprobs or 0 if req.logprobs else None
@@ -397,8 +402,17 @@ class _Run:
                 raise APIError(503, str(e), type="server_error", code="shutting_down") from None
             except LmforgeError as e:
                 self.cancel()
-                raise APIError(400, str(e), param="max_tokens" if "max_tokens" in str(e) else "prompt",
-                               code="context_length_exceeded") from None  # fmt: skip
+                message = str(e)
+                prompt_param = "messages" if self.chat else "prompt"
+                param = (
+                    prompt_param
+                    if "prompt alone" in message
+                    else "max_tokens"
+                    if "max_tokens" in message
+                    else "n"
+                )
+                code = "context_length_exceeded" if "context" in message else None
+                raise APIError(400, message, param=param, code=code) from None
 
     def cancel(self) -> None:
         for t in self.tickets:
@@ -418,13 +432,18 @@ class _Run:
     async def _events(self, request: Any) -> AsyncIterator[tuple[int, Event]]:
         """Every event of every sequence until all have finished; the client leaving cancels them."""
         total, done = len(self.prompts) * self.req.n, 0
+        checked = time.monotonic()
         while done < total:
             try:
                 p, event = await asyncio.wait_for(self.queue.get(), timeout=1.0)
             except asyncio.TimeoutError:
+                event = None
+            if event is None or time.monotonic() - checked >= 1.0:  # at least once a second, busy or not
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     self.cancel()
                     return
+            if event is None:
                 continue
             if event.finish_reason and event.finish_reason.startswith("error"):
                 self.cancel()
@@ -497,6 +516,7 @@ class _Run:
             yield b"data: [DONE]\n\n"
         except APIError as e:
             yield _sse(e.body())
+            yield b"data: [DONE]\n\n"
         finally:
             self.cancel()
 
@@ -513,7 +533,9 @@ class _Run:
             "tokens": [e["token"] for e in entries],
             "token_logprobs": [e["logprob"] for e in entries],
             "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
-            "text_offset": [],
+            "text_offset": list(itertools.accumulate((len(e["token"]) for e in entries[:-1]), initial=0))
+            if entries
+            else [],
         }
 
 

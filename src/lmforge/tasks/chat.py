@@ -114,6 +114,8 @@ def _fit(tokenizer: Any, messages: list[dict[str, str]], template: str, limit: i
     exchange alone is too long its tokens are cut from the left. Returns (encoded, shortened)."""
     system = messages[:1] if messages[0]["role"] == "system" else []
     rest = messages[len(system) :]
+    while rest and rest[-1]["role"] != "assistant":  # turns after the last reply teach nothing
+        rest = rest[:-1]
     enc = templates.encode_chat(tokenizer, system + rest, template)
     shortened = len(enc.ids) > limit
     while len(enc.ids) > limit and sum(m["role"] == "assistant" for m in rest) > 1:
