@@ -1,0 +1,1 @@
+"""Parameter-efficient training and compression of the toolkit's models (LoRA, ...)."""
