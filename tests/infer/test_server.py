@@ -270,7 +270,9 @@ def test_a_body_over_the_limit_is_413_and_the_server_goes_on(server):
 def test_unknown_paths_and_metrics(server):
     r = httpx.get(server.url + "/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-    assert httpx.post(server.url + "/v1/completions", json={"model": "tiny"}).status_code == 400  # counted below
+    assert (
+        httpx.post(server.url + "/v1/completions", json={"model": "tiny"}).status_code == 400
+    )  # counted below
     text = httpx.get(server.url + "/metrics").text
     for name in ("lmforge_requests_total", "lmforge_queue_depth", "lmforge_tokens_per_second",
                  "lmforge_time_to_first_token_seconds_bucket", "lmforge_generated_tokens_total"):  # fmt: skip
