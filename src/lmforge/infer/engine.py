@@ -346,12 +346,12 @@ class Engine:
         device = x.device
         presence = torch.tensor([p.presence_penalty for p in params], device=device)[:, None]
         frequency = torch.tensor([p.frequency_penalty for p in params], device=device)[:, None]
-        if presence.any() or frequency.any():
+        if any(p.presence_penalty or p.frequency_penalty for p in params):  # decided on the host: no sync
             counts = self._counts[:A]
             x = x - presence * (counts > 0) - frequency * counts
         temps = torch.tensor([p.temperature for p in params], device=device)
         greedy = x.argmax(dim=-1)
-        if bool((temps == 0).all()):
+        if all(p.temperature == 0 for p in params):
             return greedy, info
         x = x / temps.clamp_min(1e-6)[:, None]
         ks = [p.top_k if 0 < p.top_k < x.size(-1) else 0 for p in params]
@@ -363,7 +363,7 @@ class Engine:
             x = x.masked_fill(x < kth, float("-inf"))
         probs = torch.softmax(x, dim=-1)
         top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
-        if bool((top_p < 1).any()):
+        if any(p.top_p < 1 for p in params):
             threshold = torch.where(top_p < 1, nucleus_threshold(probs, top_p), torch.zeros_like(top_p))
             probs = probs.masked_fill(probs < threshold, 0.0)
         u = row_uniforms([s.seed for s in rows], [s.generated for s in rows])
