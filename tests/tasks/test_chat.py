@@ -67,7 +67,7 @@ def test_read_conversations_layouts_and_errors(tmp_path):
     assert [m["role"] for m in convs[0].messages] == ["user", "assistant", "user"]
     assert convs[1].line == 2 and convs[1].messages[0] == {"role": "system", "content": "s"}
     bad = {
-        "x\n": "c.jsonl:1: not a JSON object",
+        "x\n": "c.jsonl:1: invalid JSON",
         '{"messages": [{"role": "bot", "content": "a"}]}\n': "c.jsonl:1: message 0 has role 'bot'",
         '{"turns": ["only the user"]}\n': "c.jsonl:1: no assistant turn",
         '{"text": "a"}\n': "c.jsonl:1: no 'messages' list",
@@ -78,7 +78,7 @@ def test_read_conversations_layouts_and_errors(tmp_path):
         with pytest.raises(LmforgeError, match=message):
             chat.read_conversations(f)
     f.write_bytes(b'{"turns": ["\xff"]}\n')
-    with pytest.raises(LmforgeError, match="not UTF-8"):
+    with pytest.raises(LmforgeError, match="c.jsonl: not UTF-8"):
         chat.read_conversations(f)
 
 

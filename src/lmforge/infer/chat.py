@@ -10,7 +10,6 @@ are left out of the prompt (they stay in `messages`; the system message always g
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from lmforge import chat_template as templates
 from lmforge.errors import LmforgeError
-from lmforge.infer.generate import GenerationConfig, generate_text
+from lmforge.infer.generate import GenerationConfig, generate_text, with_options
 
 # What a chat reply gets unless told otherwise: a sampled answer of a sentence or a few.
 CHAT_DEFAULTS = {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.9}
@@ -38,7 +37,7 @@ class ChatSession:
                 "--chat_template plain | chatml | FILE.jinja"
             )
         self.model, self.tokenizer, self.template = model, tokenizer, template
-        self.gen = _generation_config({**CHAT_DEFAULTS, **options})
+        self.gen = with_options(None, {**CHAT_DEFAULTS, **options})
         self.end_ids = templates.turn_end_ids(tokenizer, template)
         self.system = system
         self.messages: list[dict[str, str]] = []
@@ -79,7 +78,7 @@ class ChatSession:
         history once it is done (a reply interrupted early is kept as far as it got)."""
         if not isinstance(text, str) or not text.strip():
             raise LmforgeError("say something: the message is empty")
-        gen = _generation_config({**dataclasses.asdict(self.gen), **options}) if options else self.gen
+        gen = with_options(self.gen, options) if options else self.gen
         self.messages.append({"role": "user", "content": text})
         try:
             ids = self.prompt_ids(gen)
@@ -112,18 +111,3 @@ class ChatSession:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"messages": self.history()}, ensure_ascii=False) + "\n")
         return path
-
-
-def _generation_config(options: dict[str, Any]) -> GenerationConfig:
-    from lmforge.config import from_dict
-
-    names = {f.name for f in dataclasses.fields(GenerationConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise LmforgeError(
-            f"unknown generation option '{unknown[0]}'; valid options: {', '.join(sorted(names))}"
-        )
-    try:
-        return from_dict(GenerationConfig, options)
-    except ValueError as e:
-        raise LmforgeError(f"invalid generation option: {e}") from None

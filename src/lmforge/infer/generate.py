@@ -472,19 +472,25 @@ def generate(
 ) -> str:
     """The whole completion of `prompt` (without the prompt). Keyword arguments override fields of
     `gen`, e.g. `generate(model, tok, "Once", temperature=0, max_new_tokens=20)`."""
-    gen = gen or GenerationConfig()
-    if overrides:
-        names = {f.name for f in dataclasses.fields(GenerationConfig)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise LmforgeError(
-                f"unknown generation option '{unknown[0]}'; valid options: {', '.join(sorted(names))}"
-            )
-        try:
-            gen = dataclasses.replace(gen, **overrides)
-        except ValueError as e:
-            raise LmforgeError(f"invalid generation option: {e}") from None
+    gen = with_options(gen, overrides) if overrides else gen or GenerationConfig()
     return "".join(generate_text(model, tokenizer, prompt, gen))
+
+
+def with_options(gen: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
+    """`gen` (default: GenerationConfig()) with `options` replacing its fields; strings (a CLI's
+    values) are converted; an unknown or invalid option is a one-line error naming it."""
+    from lmforge.config import from_dict
+
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise LmforgeError(
+            f"unknown generation option '{unknown[0]}'; valid options: {', '.join(sorted(names))}"
+        )
+    try:
+        return from_dict(GenerationConfig, {**dataclasses.asdict(gen or GenerationConfig()), **options})
+    except ValueError as e:
+        raise LmforgeError(f"invalid generation option: {e}") from None
 
 
 __all__ = [
@@ -503,4 +509,5 @@ __all__ = [
     "sample_next",
     "top_k_filter",
     "top_p_filter",
+    "with_options",
 ]

@@ -33,7 +33,7 @@ from lmforge.models.backbone import Backbone
 from lmforge.models.heads import IGNORE, TaskModel
 from lmforge.objectives.losses import linear_cross_entropy
 from lmforge.tasks.framing import Specials
-from lmforge.tasks.readers import LabelMap
+from lmforge.tasks.readers import LabelMap, iter_jsonl
 from lmforge.tasks.spec import TaskData
 
 if TYPE_CHECKING:
@@ -53,19 +53,8 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     if not path.is_file():
         raise LmforgeError(f"{path}: no such file; give a JSONL file of conversations")
     out = []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            lines = list(enumerate(f, 1))
-        except UnicodeDecodeError as e:
-            raise LmforgeError(f"{path}: not UTF-8 text ({e.reason}); save it as UTF-8") from None
-    for n, line in lines:
-        if not line.strip():
-            continue
+    for n, record in iter_jsonl(path):
         where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmforgeError(f"{where}: not a JSON object ({e.msg}); one conversation per line") from None
         if isinstance(record, dict) and isinstance(record.get("turns"), list):
             turns = record["turns"]
             if not all(isinstance(t, str) for t in turns):
