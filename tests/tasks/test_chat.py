@@ -78,7 +78,7 @@ def test_read_conversations_layouts_and_errors(tmp_path):
         with pytest.raises(LmforgeError, match=message):
             chat.read_conversations(f)
     f.write_bytes(b'{"turns": ["\xff"]}\n')
-    with pytest.raises(LmforgeError, match="c.jsonl: not UTF-8"):
+    with pytest.raises(LmforgeError, match=r"c\.jsonl: not UTF-8"):
         chat.read_conversations(f)
 
 
